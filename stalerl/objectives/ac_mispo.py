@@ -1,0 +1,112 @@
+"""``ac_mispo``: Acceptance-Controlled MIS-PO (AC-MIS-PO paper, §3.3, eqs. 4-8).
+
+MIS-PO with a symmetric trajectory bound ``[exp(-b_k), exp(b_k)]`` set by a controller that
+targets an acceptance-rate schedule. At update step k, over the mini-batch's trajectories::
+
+    z_i = |log rho(tau_i)|                                    (eq. 5)
+    A*_k = A_start - (A_start - A_end) * k / K_warmup  (k <= K_warmup), else A_end   (eq. 8)
+    b_cand = Quantile_{A*_k}(z)                               (eq. 6)
+    b_k = clip(beta * b_{k-1} + (1 - beta) * b_cand, b_min, b_max)                   (eq. 7)
+
+Defaults: beta = 0.9, A: 0.4 -> 0.2 over 200 steps, b in [ln 1.0002, ln 1.01], b_0 = b_max
+(= ln 1.01 ≈ 0.00995); token bounds stay [0.5, 2].
+
+Decisions (SPEC §2): one controller step per optimizer mini-batch (the first one is k = 1 and
+uses b_0 as b_{k-1}); the bound b_k computed from a batch is applied to that same batch; the
+quantile is linear interpolation (``torch.quantile``); z is gathered over data-parallel ranks; a
+mini-batch with no valid trajectory leaves the state unchanged. The state (k, b_k) is saved with
+:meth:`state_dict`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from stalerl.objectives import core
+from stalerl.objectives.base import BatchStatsConfig
+from stalerl.objectives.mispo import MISPO, MISPOConfig
+
+
+@dataclass
+class ACMISPOConfig(MISPOConfig, BatchStatsConfig):
+    """Hyperparameters of AC-MIS-PO (traj_low/traj_high are replaced by the controller's bound)."""
+
+    beta: float = 0.9
+    """EMA coefficient of the bound."""
+    accept_start: float = 0.4
+    """Target acceptance rate A_start at step 0."""
+    accept_end: float = 0.2
+    """Target acceptance rate A_end after the warm-up."""
+    warmup_steps: int = 200
+    """K_warmup: steps over which the target decays linearly from accept_start to accept_end."""
+    bound_min: float = math.log(1.0002)
+    """b_min: smallest log-bound (some filtering always happens)."""
+    bound_max: float = math.log(1.01)
+    """b_max: largest log-bound, and the initial bound b_0."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.beta <= 1:
+            raise ValueError(f"beta={self.beta} must lie in [0, 1]")
+        if not (0 < self.accept_start < 1 and 0 < self.accept_end < 1):
+            raise ValueError("accept_start and accept_end must lie in (0, 1)")
+        if not 0 <= self.bound_min <= self.bound_max:
+            raise ValueError("need 0 <= bound_min <= bound_max")
+        if self.warmup_steps < 0:
+            raise ValueError("warmup_steps must be >= 0")
+
+
+class ACMISPO(MISPO):
+    name = "ac_mispo"
+    summary = "AC-MIS-PO: MIS-PO with bound [e^-b, e^b] from a quantile+EMA acceptance controller"
+    config_class = ACMISPOConfig
+    uses_batch_stats = True
+
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__(**hparams)
+        self.step = 0
+        self.bound = float(self.config.bound_max)
+
+    def target_acceptance(self, step: int) -> float:
+        """A*_k of eq. 8."""
+        cfg = self.config
+        if cfg.warmup_steps == 0 or step > cfg.warmup_steps:
+            return cfg.accept_end
+        return cfg.accept_start - (cfg.accept_start - cfg.accept_end) * step / cfg.warmup_steps
+
+    def update_bound(self, z: torch.Tensor) -> dict[str, float]:
+        """One controller step from the |log rho| of a mini-batch's trajectories (eqs. 5-7)."""
+        if z.numel() == 0:
+            return {}
+        cfg = self.config
+        self.step += 1
+        target = self.target_acceptance(self.step)
+        candidate = float(torch.quantile(z.to(torch.float64), target))
+        self.bound = min(max(cfg.beta * self.bound + (1 - cfg.beta) * candidate, cfg.bound_min), cfg.bound_max)
+        return {"actor/accept_target": target, "actor/bound_candidate": candidate}
+
+    def compute_stats(self, log_prob, old_log_prob, advantages, mask, rollout_log_prob, stats):
+        z = []
+        for i, (lp, olp, m) in enumerate(zip(log_prob, old_log_prob, mask)):
+            ref = self.reference_log_prob(olp, None if rollout_log_prob is None else rollout_log_prob[i])
+            traj = core.sequence_log_ratio(core.log_ratio(lp, ref), m)
+            z.append(traj[m.sum(-1) > 0].abs())
+        stats.metrics.update(self.update_bound(self.gather(torch.cat(z))))
+        stats.payload["bound"] = self.bound
+        stats.metrics["actor/traj_bound"] = self.bound
+        stats.metrics["actor/controller_step"] = float(self.step)
+
+    def traj_bounds(self, batch_stats) -> tuple[float, float]:
+        bound = batch_stats.payload["bound"]
+        return -bound, bound
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "bound": self.bound}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.bound = float(state["bound"])

@@ -1,0 +1,121 @@
+"""``m2po``: Second-Moment Trust Policy Optimization (M2PO paper, Algorithm 1 and eq. 5).
+
+Per token, ``M̂2_t = (log r_t)^2``. Algorithm 1 masks trust-region tokens, largest M̂2 first, until
+the mean M̂2 of the remaining trust-region tokens is at most ``tau`` (0.04); then::
+
+    J = (1 / sum_i |o_i|) * sum_i sum_t M_i,t * r_i,t * A_i,t          (eq. 5)
+
+averaged over *all* tokens, masked ones included (paper footnote 2).
+
+Decisions the paper leaves open (SPEC §2):
+
+* Trust-region tokens are those a PPO clip could act on: (A > 0 and r > 1) or (A < 0 and r < 1);
+  tokens with A = 0 never count. ``trust_region_only=False`` constrains all valid tokens.
+* The mask removes as few tokens as possible, largest (log r)^2 first, so that the mean of the
+  remaining trust-region tokens is <= tau. It is vectorised: sort ascending, prefix means, the
+  kept set is the longest prefix whose mean is <= tau (prefix means of an ascending sequence never
+  decrease). No Python loop over tokens. Ties exactly at the cut-off are kept in batch order.
+* M̂2 is a statistic of the whole optimizer mini-batch (and of all data-parallel ranks), not of
+  one micro-batch; ``stats_scope="micro"`` reproduces the released code's per-micro-batch behaviour.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from stalerl.objectives import core
+from stalerl.objectives.base import BatchStatsConfig, Objective
+
+
+@dataclass
+class M2POConfig(BatchStatsConfig):
+    """Hyperparameters of M2PO."""
+
+    tau: float = 0.04
+    """Second-moment budget tau_M2: mean (log r)^2 of the kept trust-region tokens stays <= tau."""
+    trust_region_only: bool = True
+    """Constrain only trust-region tokens ((A>0, r>1) or (A<0, r<1)); False: all valid tokens."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tau < 0:
+            raise ValueError(f"tau={self.tau} must be >= 0")
+
+
+def m2po_candidates(config: M2POConfig, token_log_ratio, advantages, mask) -> torch.Tensor:
+    """Bool (B, T): the tokens whose (log r)^2 the M2 constraint applies to."""
+    if config.trust_region_only:
+        return core.trust_region_tokens(token_log_ratio, advantages, mask)
+    return mask > 0
+
+
+def m2_keep_count(sorted_values: torch.Tensor, tau: float) -> int:
+    """Largest k such that the mean of the k smallest values is <= tau (0 <= k <= n)."""
+    n = sorted_values.numel()
+    if n == 0:
+        return 0
+    prefix_mean = torch.cumsum(sorted_values, 0) / torch.arange(1, n + 1, dtype=sorted_values.dtype, device=sorted_values.device)
+    over = prefix_mean > tau
+    return int(over.to(torch.int8).argmax()) if bool(over.any()) else n
+
+
+class M2PO(Objective):
+    name = "m2po"
+    summary = "M2PO (Algorithm 1): mask largest (log r)^2 trust-region tokens until mean M2 <= tau; M*r*A"
+    config_class = M2POConfig
+    uses_batch_stats = True
+
+    def compute_stats(self, log_prob, old_log_prob, advantages, mask, rollout_log_prob, stats):
+        values = []
+        for lp, olp, adv, m in zip(log_prob, old_log_prob, advantages, mask):
+            lr = core.log_ratio(lp, olp)
+            values.append(lr.square()[m2po_candidates(self.config, lr, adv, m)])
+        values = self.gather(torch.cat(values))
+        sorted_values = torch.sort(values).values
+        keep = m2_keep_count(sorted_values, self.config.tau)
+        n = sorted_values.numel()
+        if keep == n:
+            cutoff, ties_keep = math.inf, 0
+        elif keep == 0:
+            cutoff, ties_keep = -math.inf, 0
+        else:
+            cutoff = float(sorted_values[keep - 1])
+            ties_keep = keep - int((sorted_values < cutoff).sum())
+        stats.payload.update(cutoff=cutoff, ties_keep=ties_keep, ties_seen=0)
+        total = sorted_values.sum()
+        stats.metrics.update({
+            "actor/m2_before": float(total / max(n, 1)),
+            "actor/m2_after": float(sorted_values[:keep].sum() / max(keep, 1)),
+            "actor/m2_masked_tokens": float(n - keep),
+            "actor/m2_trust_region_tokens": float(n),
+        })
+
+    def keep_mask(self, values: torch.Tensor, candidates: torch.Tensor, stats) -> torch.Tensor:
+        """Bool (B, T): candidates kept under the mini-batch cut-off (ties in batch order)."""
+        p = stats.payload
+        below = candidates & (values < p["cutoff"])
+        ties = candidates & (values == p["cutoff"])
+        tie_rank = torch.cumsum(ties.reshape(-1).to(torch.long), 0).reshape(ties.shape) + p["ties_seen"]
+        p["ties_seen"] += int(ties.sum())
+        return below | (ties & (tie_rank <= p["ties_keep"]))
+
+    def compute(self, log_prob, old_log_prob, advantages, mask, rollout_log_prob, batch_stats):
+        token_log_ratio = core.log_ratio(log_prob, old_log_prob)
+        values = token_log_ratio.detach().square()
+        candidates = m2po_candidates(self.config, token_log_ratio, advantages, mask)
+        kept = self.keep_mask(values, candidates, batch_stats)
+        masked = candidates & ~kept
+        token_mask = mask * (~masked).to(mask.dtype)
+        loss = -token_mask * torch.exp(token_log_ratio) * advantages
+        masked_f = masked.to(mask.dtype)
+        metrics = core.ratio_metrics(token_log_ratio, mask)
+        metrics.update(core.clip_metrics(mask, masked_f * (token_log_ratio < 0), masked_f * (token_log_ratio >= 0)))
+        metrics["actor/masked_frac"] = core.masked_mean(masked_f, mask)
+        extras = {
+            "traj_log_ratio": core.sequence_log_ratio(token_log_ratio, mask).detach(),
+            "token_kept": (token_mask > 0),
+        }
+        return loss, mask, metrics, extras
