@@ -13,10 +13,12 @@ over the whole optimizer mini-batch (SPEC §2). A caller that splits a mini-batc
 micro-batches computes them once with :meth:`Objective.batch_stats` (from detached current
 log-probs of the whole mini-batch, as a list of micro-batches or one tensor) and hands the result
 to every micro-batch call as ``batch_stats=``; the micro-batch losses then also share the
-mini-batch's normaliser, so their sum is the mini-batch loss. Without ``batch_stats`` a call treats
-its own tensors as the mini-batch. With ``torch.distributed`` initialised the statistics are
-gathered across ranks; ``stats_scope="micro"`` turns all of this off and reproduces the released
-M2PO code (statistics of each call alone).
+mini-batch's normaliser (token and sequence counts, over all ranks and divided by the number of
+ranks, as verl's ``agg_loss`` does for gradient averaging), so their sum is the mini-batch loss.
+Without ``batch_stats`` a call treats its own tensors as the mini-batch and normalises locally.
+With ``torch.distributed`` initialised the statistics are gathered across ranks;
+``stats_scope="micro"`` reproduces the released M2PO code: statistics of each call alone (a
+given ``batch_stats`` then only supplies the normaliser).
 """
 
 from __future__ import annotations
@@ -152,11 +154,16 @@ class Objective:
         log_prob, old_log_prob, advantages, mask, rollout_log_prob = self._prepare(
             log_prob, old_log_prob, advantages, response_mask, rollout_log_prob
         )
-        if batch_stats is None:  # this call is the whole mini-batch: local normaliser
-            batch_stats = self._batch_stats_from(
+        if batch_stats is None or (self.uses_batch_stats and not self.mini_batch_scoped):
+            # Statistics of this call alone: no batch_stats given (the call is the whole
+            # mini-batch), or stats_scope="micro"; a given batch_stats still sets the normaliser.
+            local = self._batch_stats_from(
                 [log_prob.detach()], [old_log_prob], [advantages], [mask],
                 [rollout_log_prob] if rollout_log_prob is not None else None, global_counts=False,
             )
+            if batch_stats is not None:
+                local.num_tokens, local.num_seqs = batch_stats.num_tokens, batch_stats.num_seqs
+            batch_stats = local
         loss_mat, agg_mask, metrics, extras = self.compute(
             log_prob, old_log_prob, advantages, mask, rollout_log_prob, batch_stats
         )
@@ -197,7 +204,7 @@ class Objective:
         lps, olps, advs, masks, rlps = (list(x) for x in zip(*prepared))
         return self._batch_stats_from(
             [lp.detach() for lp in lps], olps, advs, masks, None if rollout_parts is None else rlps,
-            global_counts=True,
+            global_counts=True, with_payload=self.mini_batch_scoped,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -247,7 +254,12 @@ class Objective:
     def _cross_rank(self) -> bool:
         return getattr(self.config, "stats_scope", "micro") == "mini" and dist_utils.is_distributed()
 
-    def _batch_stats_from(self, lps, olps, advs, masks, rlps, global_counts: bool) -> BatchStats:
+    @property
+    def mini_batch_scoped(self) -> bool:
+        """True when statistics are taken over the whole mini-batch (``stats_scope="mini"``)."""
+        return getattr(self.config, "stats_scope", "mini") == "mini"
+
+    def _batch_stats_from(self, lps, olps, advs, masks, rlps, global_counts: bool, with_payload: bool = True) -> BatchStats:
         counts = torch.stack(
             [sum(m.sum() for m in masks), sum((m.sum(-1) > 0).sum() for m in masks)]
         ).to(torch.float64)
@@ -257,7 +269,7 @@ class Objective:
             world = dist_utils.world_size()
         tokens, seqs = counts.tolist()
         stats = BatchStats(num_tokens=tokens / world, num_seqs=seqs / world)
-        if self.uses_batch_stats:
+        if self.uses_batch_stats and with_payload:
             self.compute_stats(lps, olps, advs, masks, rlps, stats)
         return stats
 

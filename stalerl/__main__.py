@@ -1,0 +1,3 @@
+from stalerl.cli.main import main
+
+raise SystemExit(main())

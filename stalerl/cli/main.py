@@ -1,0 +1,171 @@
+"""The ``stalerl`` command line.
+
+    stalerl objectives                     list every objective, its summary and defaults
+    stalerl train [--config F] [k=v ...]   the off-policy RL loop (default: the embedded testbed)
+    stalerl train --resume RUN_DIR         continue a run exactly from its last checkpoint
+    stalerl eval CHECKPOINT [...]          avg@n, maj@n, pass@k on benchmarks
+    stalerl report RUN_DIR [RUN_DIR ...]   Markdown report with figures
+    stalerl reproduce STUDY                rerun a seed paper's study
+
+Errors in what the user gave (a config key, a file, a dataset row) are printed as one line and
+exit with status 2; a training run that crashed on non-finite updates exits with status 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_objectives(args) -> int:
+    from stalerl import objectives
+
+    rows = objectives.describe()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for row in rows:
+        print(f"{row['name']:<{width}}  {row['summary']}")
+        shown = {k: v for k, v in row["defaults"].items() if k not in ("loss_scale_factor",)}
+        print(f"{'':<{width}}  defaults: " + ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
+    return 0
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _cmd_train(args) -> int:
+    from stalerl.training.config import load_config
+    from stalerl.training.loop import train
+
+    config_path = args.config
+    if args.resume and config_path is None:
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise ValueError(f"--resume {args.resume!r}: no config.yaml in that directory (is it a run directory?)")
+        config_path = saved
+    config = load_config(config_path, args.overrides)
+    result = train(config, resume=args.resume)
+    _print_summary(result)
+    if result.crashed_at is not None:
+        print(f"stalerl: run crashed at step {result.crashed_at}: {result.crash_reason}. "
+              f"Recorded in {result.run_dir / 'metrics.jsonl'}; the last good checkpoint is intact.", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _print_summary(result) -> None:
+    summary = json.loads((Path(result.run_dir) / "summary.json").read_text())
+    last = result.final_metrics
+    rows = [
+        ("run directory", str(result.run_dir)),
+        ("objective", f"{summary['objective']} {summary['hparams'] or ''}".strip()),
+        ("staleness s", summary["staleness"]),
+        ("steps done", summary["steps_done"]),
+        ("held-out accuracy start", summary["eval_accuracy_start"]),
+        ("held-out accuracy final", summary["eval_accuracy_final"]),
+        ("held-out accuracy best (step)", f"{_num(summary['eval_accuracy_best'])} ({summary['best_step']})"),
+        ("last rollout reward", last.get("rollout/reward_mean")),
+        ("last grad norm", last.get("train/grad_norm")),
+        ("staleness of last updates", f"{_num(last.get('train/staleness_min'))}..{_num(last.get('train/staleness_max'))}"),
+        ("skipped (non-finite) updates", summary["skipped_updates"]),
+        ("crashed at step", summary["crashed_at"]),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "=" * (width + 30))
+    for key, value in rows:
+        print(f"{key:<{width}}  {_num(value)}")
+    print("=" * (width + 30))
+
+
+def _num(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _cmd_eval(args) -> int:
+    from stalerl.evaluation.evaluate import main as eval_main
+
+    return eval_main(args)
+
+
+def _cmd_report(args) -> int:
+    from stalerl.evaluation.report import main as report_main
+
+    return report_main(args)
+
+
+def _cmd_reproduce(args) -> int:
+    from stalerl.studies.reproduce import main as reproduce_main
+
+    return reproduce_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stalerl", description="Off-policy RL of language models on stale rollouts.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("objectives", help="list the objectives with their defaults")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_objectives)
+
+    p = sub.add_parser("train", help="run the off-policy RL loop (default: the embedded CPU testbed)")
+    p.add_argument("--config", help="YAML config file (sections: model, data, rollout, reward, objective, optim, stale, eval)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. objective.name=grpo stale.staleness=0")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: avg@n, maj@n, pass@k")
+    _add_eval_args(p)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("report", help="Markdown report with figures from run directories")
+    p.add_argument("run_dirs", nargs="+", help="run directories written by stalerl train")
+    p.add_argument("--out", help="output directory (default: <first run>/report)")
+    p.add_argument("--title", default=None, help="report title")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("reproduce", help="rerun a seed paper's study on the testbed")
+    p.add_argument("study", help="prosperity | mispo-mechanism | ac-mispo | minpro")
+    p.add_argument("--quick", action="store_true", help="a minutes-long smoke version (used by the tests)")
+    p.add_argument("--scale", default="testbed", choices=["testbed", "paper"], help="testbed (CPU) or the paper's own scale")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds per condition")
+    p.add_argument("--out", default=None, help="output directory (default: studies/<study>)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every condition")
+    p.set_defaults(func=_cmd_reproduce)
+    return parser
+
+
+def _add_eval_args(p) -> None:
+    try:
+        from stalerl.evaluation.evaluate import add_arguments
+    except ImportError:
+        p.add_argument("checkpoint")
+        return
+    add_arguments(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("stalerl: interrupted; checkpoints written so far are intact", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as err:
+        print(f"stalerl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

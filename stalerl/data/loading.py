@@ -1,0 +1,248 @@
+"""Loading question/answer sets (training prompts and benchmarks) from local files or the Hub.
+
+Every loader returns plain rows ``{"prompt_question": str, "answer": str, "source": str,
+"index": int}``; the prompt text itself is built later by
+:func:`stalerl.data.templates.format_prompt`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Iterator
+
+__all__ = ["DatasetError", "KNOWN_DATASETS", "load_prompts", "LOCAL_SUFFIXES"]
+
+#: Local file types :func:`load_prompts` reads.
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+#: Hub datasets with known field names and default split.
+KNOWN_DATASETS: dict[str, dict[str, str]] = {
+    "HuggingFaceH4/MATH-500": {"question_field": "problem", "answer_field": "answer", "split": "test"},
+    "HuggingFaceH4/aime_2024": {"question_field": "problem", "answer_field": "answer", "split": "train"},
+    "agentica-org/DeepScaleR-Preview-Dataset": {
+        "question_field": "problem",
+        "answer_field": "answer",
+        "split": "train",
+    },
+}
+
+
+class DatasetError(ValueError):
+    """A data set could not be loaded or has malformed rows; the message says where."""
+
+
+def _where(path: str, kind: str, number: int) -> str:
+    return f"{path}, {kind} {number}"
+
+
+def _make_row(
+    record: Any,
+    *,
+    where: str,
+    question_field: str,
+    answer_field: str,
+    source: str,
+    index: int,
+) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise DatasetError(f"{where}: expected a JSON object (a mapping of fields), got {type(record).__name__}")
+    fields = sorted(record)
+    for name in (question_field, answer_field):
+        if name not in record or record[name] is None:
+            what = "is missing" if name not in record else "is null"
+            raise DatasetError(
+                f"{where}: field {name!r} {what}; the row has fields {fields}. "
+                "Pass question_field=/answer_field= to choose other fields."
+            )
+    question = record[question_field]
+    if not isinstance(question, str):
+        raise DatasetError(
+            f"{where}: field {question_field!r} must be a string, got {type(question).__name__}"
+        )
+    if not question.strip():
+        raise DatasetError(f"{where}: field {question_field!r} is empty")
+    answer = record[answer_field]
+    if isinstance(answer, (dict, list)):
+        raise DatasetError(
+            f"{where}: field {answer_field!r} must be a string or a number, got {type(answer).__name__}"
+        )
+    answer = str(answer)  # numbers in JSON / Parquet become strings
+    return {"prompt_question": question, "answer": answer, "source": source, "index": index}
+
+
+def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(
+                    f"{path}, line {lineno}: malformed JSON ({exc.msg} at column {exc.colno})"
+                ) from exc
+
+
+def _json_records(path: str) -> tuple[str, Iterable[tuple[int, Any]]]:
+    """Records of a ``.json`` file: a list of objects, an object holding one such list, or
+    JSON lines (what ``datasets`` writes with ``to_json``). Returns (kind, (number, record))."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if not text.strip():
+        raise DatasetError(f"{path}: the file is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":  # several top-level values: JSON lines
+            return "line", list(_iter_jsonl(path))
+        raise DatasetError(
+            f"{path}, line {exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})"
+        ) from exc
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) == 1:
+            data = lists[0]
+        else:
+            raise DatasetError(
+                f"{path}: expected a list of objects (or an object holding exactly one list), "
+                f"got an object with keys {sorted(data)[:20]}"
+            )
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a list of objects, got {type(data).__name__}")
+    return "row", [(i + 1, rec) for i, rec in enumerate(data)]
+
+
+def _parquet_records(path: str) -> list[tuple[int, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise DatasetError(f"{path}: cannot read Parquet ({type(exc).__name__}: {exc})") from exc
+    return [(i + 1, rec) for i, rec in enumerate(table.to_pylist())]
+
+
+def _load_local(
+    path: str, question_field: str, answer_field: str, limit: int | None
+) -> list[dict[str, Any]]:
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".jsonl":
+        if os.path.getsize(path) == 0:
+            raise DatasetError(f"{path}: the file is empty")
+        kind, records = "line", _iter_jsonl(path)
+    elif suffix == ".json":
+        kind, records = _json_records(path)
+    elif suffix == ".parquet":
+        kind, records = "row", _parquet_records(path)
+    else:
+        raise DatasetError(
+            f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {list(LOCAL_SUFFIXES)}"
+        )
+    rows: list[dict[str, Any]] = []
+    for index, (number, record) in enumerate(records):
+        if limit is not None and len(rows) >= limit:
+            break
+        rows.append(
+            _make_row(
+                record,
+                where=_where(path, kind, number),
+                question_field=question_field,
+                answer_field=answer_field,
+                source=path,
+                index=index,
+            )
+        )
+    if not rows and limit != 0:
+        raise DatasetError(f"{path}: the file has no rows")
+    return rows
+
+
+def _load_hub(
+    name: str, split: str | None, question_field: str, answer_field: str, limit: int | None
+) -> list[dict[str, Any]]:
+    try:
+        import datasets
+    except ImportError as exc:  # pragma: no cover - datasets is a dependency
+        raise DatasetError(f"loading {name!r} by name needs the 'datasets' package") from exc
+    split = split or KNOWN_DATASETS.get(name, {}).get("split")
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as exc:
+        raise DatasetError(
+            f"could not load dataset {name!r} (split {split!r}) with datasets.load_dataset: "
+            f"{type(exc).__name__}: {str(exc)[:300]}. If this machine is offline, download it "
+            "once elsewhere (e.g. datasets.load_dataset(...).to_json('data.jsonl')) and pass the "
+            "local .jsonl/.json/.parquet file instead."
+        ) from exc
+    if isinstance(ds, dict):  # DatasetDict (no split given)
+        if len(ds) == 1:
+            ds = next(iter(ds.values()))
+        else:
+            raise DatasetError(f"dataset {name!r} has splits {sorted(ds)}; pass split=")
+    rows: list[dict[str, Any]] = []
+    for index, record in enumerate(ds):
+        if limit is not None and len(rows) >= limit:
+            break
+        rows.append(
+            _make_row(
+                record,
+                where=f"{name} (split {split!r}), row {index + 1}",
+                question_field=question_field,
+                answer_field=answer_field,
+                source=name,
+                index=index,
+            )
+        )
+    if not rows and limit != 0:
+        raise DatasetError(f"dataset {name!r} (split {split!r}) has no rows")
+    return rows
+
+
+def load_prompts(
+    source: str,
+    *,
+    split: str | None = None,
+    question_field: str | None = None,
+    answer_field: str | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Load question/answer rows from a local file or a ``datasets`` Hub name.
+
+    Args:
+        source: a path to a ``.jsonl`` (one JSON object per line; blank lines skipped),
+            ``.json`` (a list of objects, an object holding one such list, or JSON lines) or
+            ``.parquet`` file; otherwise a Hub name loaded with
+            ``datasets.load_dataset(source, split=split)`` (needs network or a warm cache).
+        split: the Hub split; for the names in :data:`KNOWN_DATASETS` it defaults to their
+            usual split (MATH-500: ``test``, AIME 2024 and DeepScaleR: ``train``). Ignored for
+            local files.
+        question_field: the field holding the problem text; default ``"problem"`` (or the
+            :data:`KNOWN_DATASETS` entry of a known name).
+        answer_field: the field holding the reference answer; default ``"answer"`` (idem).
+            Numbers are converted to strings.
+        limit: keep only the first ``limit`` rows.
+
+    Returns:
+        A list of ``{"prompt_question": str, "answer": str, "source": str, "index": int}``,
+        ``index`` being the 0-based position of the row in the source.
+
+    Raises:
+        DatasetError: (a ``ValueError``) for a missing or empty file, an unsupported file
+            type, a malformed JSONL line (with the file name and 1-based line number), a row
+            missing a field (with the file, line/row, the missing field and the fields the row
+            has), or a Hub name that could not be loaded (suggesting a local file).
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    known = KNOWN_DATASETS.get(source, {})
+    question_field = question_field or known.get("question_field", "problem")
+    answer_field = answer_field or known.get("answer_field", "answer")
+    src = os.path.expanduser(str(source))
+    if os.path.isfile(src):
+        return _load_local(src, question_field, answer_field, limit)
+    if os.path.isdir(src):
+        raise DatasetError(f"{src} is a directory; pass a .jsonl/.json/.parquet file")
+    if src.lower().endswith(LOCAL_SUFFIXES) or src.startswith((".", "/", "~")):
+        raise DatasetError(f"{src}: no such file")
+    return _load_hub(str(source), split, question_field, answer_field, limit)

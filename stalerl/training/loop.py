@@ -1,0 +1,556 @@
+"""``stalerl train``: the off-policy RL loop on stale rollouts (SPEC §3-4), top to bottom.
+
+One *step* = generate until the stale buffer can be consumed, pop the oldest generation batch,
+run ``optim.mini_batches`` optimizer updates on it, log, evaluate, checkpoint::
+
+    while step < steps:
+        while not buffer.ready():                # stale-k: a FIFO of generation batches
+            buffer.push(make_rollout_batch())    # generate -> reward -> advantages -> behaviour log-probs
+        batch = buffer.pop()
+        for mini_batch in split(batch, m):       # each trajectory used once
+            update(mini_batch)                   # micro-batches, objective, clip, AdamW (skip non-finite)
+        log(); evaluate(); checkpoint()
+
+Reliability (SPEC §4): a non-finite loss or gradient skips the update and is counted;
+``optim.max_nonfinite_in_row`` in a row end the run, recorded as a crash at that step with the
+last good checkpoint intact. Checkpoints are atomic and ``resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from stalerl import objectives
+from stalerl.data.prompts import PromptSampler, build_prompts
+from stalerl.rollout.generation import behaviour_log_probs, generate
+from stalerl.staleness.buffer import RolloutBatch, StaleBuffer
+from stalerl.training import checkpoint as ckpt
+from stalerl.training.advantages import group_advantages
+from stalerl.training.config import TrainConfig, to_dict, validate
+from stalerl.training.logger import RunLogger, read_jsonl
+from stalerl.training.logprobs import completion_log_probs
+
+
+class TrainingCrashed(RuntimeError):
+    """Too many consecutive non-finite updates."""
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns."""
+
+    run_dir: Path
+    steps_done: int
+    crashed_at: int | None
+    final_metrics: dict[str, Any] = field(default_factory=dict)
+    crash_reason: str | None = None
+
+
+@dataclass
+class LoopState:
+    """Counters saved with every checkpoint."""
+
+    step: int = 0
+    updates: int = 0
+    generated_batches: int = 0
+    skipped_updates: int = 0
+    nonfinite_in_row: int = 0
+
+
+# ============================================================================ setup
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_policy(config: TrainConfig, progress: bool = True):
+    """The policy model and tokenizer: the warm-started testbed or any HF causal LM directory/name."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    mc = config.model
+    path = mc.path
+    if path == "testbed":
+        from stalerl.testbed.warmstart import warm_start
+
+        path = str(warm_start(size=mc.testbed_size, progress=progress))
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[mc.dtype]
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if mc.attn_implementation:
+        kwargs["attn_implementation"] = mc.attn_implementation
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise ValueError(f"model.path={mc.path!r} could not be loaded: {err}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if mc.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.to(resolve_device(mc.device))
+    model.train()
+    return model, tokenizer, path
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.objective.name}-s{config.stale.staleness}-{stamp}"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ============================================================================ rollouts
+
+def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_version: int, record_rollout: bool):
+    """Generate one batch (P prompts x G responses) with the current policy and score it."""
+    rc = config.rollout
+    prompts = sampler.take(rc.prompts_per_step)
+    t0 = time.perf_counter()
+    gen = generate(
+        model, tokenizer, [p.text for p in prompts], group_size=rc.group_size, temperature=rc.temperature,
+        top_p=rc.top_p, max_new_tokens=rc.max_new_tokens, batch_size=rc.batch_size, record_log_prob=record_rollout,
+    )
+    t_generate = time.perf_counter() - t0
+    answers = [p.answer for p in prompts for _ in range(rc.group_size)]
+    t0 = time.perf_counter()
+    scored = reward_fn(gen.texts, answers)
+    t_score = time.perf_counter() - t0
+    rewards = torch.tensor(scored.scores, dtype=torch.float32)
+    advantages, zero_variance = group_advantages(rewards, rc.group_size)
+    t0 = time.perf_counter()
+    old_log_prob = behaviour_log_probs(
+        model, gen.input_ids, gen.attention_mask, gen.response_mask.shape[1], temperature=rc.temperature,
+        micro_batch_size=config.optim.micro_batch_size, chunk_size=config.model.logprob_chunk_size,
+    )
+    t_behaviour = time.perf_counter() - t0
+    lengths = gen.response_mask.sum(-1).float()
+    info = {
+        "rollout/reward_mean": rewards.mean().item(),
+        "rollout/accuracy": float(np.mean(scored.correct)),
+        "rollout/extracted": float(np.mean(scored.extracted)),
+        "rollout/response_length_mean": lengths.mean().item(),
+        "rollout/response_length_max": lengths.max().item(),
+        "rollout/truncated_frac": gen.truncated.float().mean().item(),
+        "rollout/zero_variance_group_frac": zero_variance,
+        "rollout/policy_version": float(policy_version),
+        "time/generate": t_generate,
+        "time/score": t_score,
+        "time/behaviour_logprob": t_behaviour,
+        "perf/generated_tokens": lengths.sum().item(),
+    }
+    for key, count in scored.counts.items():
+        info[f"rollout/count_{key}"] = float(count)
+    return RolloutBatch(
+        input_ids=gen.input_ids, attention_mask=gen.attention_mask, response_mask=gen.response_mask,
+        old_log_prob=old_log_prob, advantages=advantages, rewards=rewards, policy_version=policy_version,
+        rollout_log_prob=gen.rollout_log_prob, info=info,
+    )
+
+
+# ============================================================================ updates
+
+def _slice(batch: RolloutBatch, index: torch.Tensor, device) -> dict[str, torch.Tensor]:
+    """Rows of a batch, trimmed to the longest response among them, on ``device``."""
+    response_mask = batch.response_mask[index]
+    R_full = batch.response_length
+    R = max(int(response_mask.sum(-1).max()), 1)
+    L = batch.input_ids.shape[1] - R_full
+    out = {
+        "input_ids": batch.input_ids[index, : L + R],
+        "attention_mask": batch.attention_mask[index, : L + R],
+        "response_mask": response_mask[:, :R],
+        "old_log_prob": batch.old_log_prob[index, :R],
+        "advantages": batch.advantages[index],
+    }
+    if batch.rollout_log_prob is not None:
+        out["rollout_log_prob"] = batch.rollout_log_prob[index, :R]
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def _current_log_prob(model, micro, config, with_grad: bool):
+    with torch.set_grad_enabled(with_grad):
+        return completion_log_probs(
+            model, micro["input_ids"], micro["attention_mask"], micro["response_mask"].shape[1],
+            temperature=config.rollout.temperature, chunk_size=config.model.logprob_chunk_size,
+            compute_entropy=with_grad,
+        )
+
+
+def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch.Tensor, state: LoopState):
+    """One optimizer update on the mini-batch ``rows`` of ``batch``; returns its metrics and diagnostics."""
+    device = next(model.parameters()).device
+    micro_rows = rows.split(config.optim.micro_batch_size)
+    micros = [_slice(batch, r, device) for r in micro_rows]
+    rollout_lp = [m.get("rollout_log_prob") for m in micros]
+    rollout_lp = None if any(x is None for x in rollout_lp) else rollout_lp
+
+    # Mini-batch statistics (M2PO's M̂2, RandomTraj's N_acc, AC-MIS-PO's quantile) come from the
+    # current policy on the whole mini-batch: one extra no-grad pass, only for objectives needing it.
+    needs_current = objective.uses_batch_stats and objective.mini_batch_scoped
+    current = [_current_log_prob(model, m, config, with_grad=False)[0] for m in micros] if needs_current \
+        else [m["old_log_prob"] for m in micros]
+    stats = objective.batch_stats(
+        current, [m["old_log_prob"] for m in micros], [m["advantages"] for m in micros],
+        [m["response_mask"] for m in micros], rollout_log_prob=rollout_lp,
+    )
+
+    optimizer.zero_grad(set_to_none=True)
+    totals: dict[str, float] = {}
+    tokens_total = 0.0
+    finite = True
+    diag = {"traj_log_ratio": [], "traj_accepted": [], "entropy": [], "ratio": []}
+    entropy_sum = 0.0
+    for micro in micros:
+        log_prob, entropy = _current_log_prob(model, micro, config, with_grad=True)
+        out = objective(
+            log_prob, micro["old_log_prob"], micro["advantages"], micro["response_mask"],
+            rollout_log_prob=micro.get("rollout_log_prob"), batch_stats=stats,
+        )
+        loss = out.loss
+        if _inject_nan(state.updates):
+            loss = loss * float("nan")
+        if not torch.isfinite(loss):
+            finite = False
+            break
+        loss.backward()
+        mask = micro["response_mask"].float()
+        n_tok = mask.sum().item()
+        tokens_total += n_tok
+        for key, value in out.metrics.items():
+            totals[key] = totals.get(key, 0.0) + value * n_tok
+        entropy_sum += (entropy.detach().float() * mask).sum().item()
+        _record_diagnostics(diag, out, log_prob, micro, entropy)
+
+    grad_norm = float("nan")
+    if finite:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip))
+        finite = math.isfinite(grad_norm)
+    if finite:
+        optimizer.step()
+        state.nonfinite_in_row = 0
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        state.skipped_updates += 1
+        state.nonfinite_in_row += 1
+    state.updates += 1
+
+    metrics = {k: v / max(tokens_total, 1.0) for k, v in totals.items()}
+    metrics.update({k: v for k, v in stats.metrics.items()})  # mini-batch statistics, not token-averaged
+    metrics["train/grad_norm"] = grad_norm
+    metrics["train/entropy"] = entropy_sum / max(tokens_total, 1.0)
+    metrics["train/skipped"] = 0.0 if finite else 1.0
+    metrics["train/tokens"] = tokens_total
+    return metrics, diag
+
+
+def _record_diagnostics(diag, out, log_prob, micro, entropy, per_micro: int = 64) -> None:
+    """Per-trajectory log rho and acceptance; a sample of (entropy, ratio) token pairs."""
+    extras = out.extras
+    if "traj_log_ratio" in extras:
+        diag["traj_log_ratio"] += extras["traj_log_ratio"].float().cpu().tolist()
+    if "traj_accepted" in extras:
+        diag["traj_accepted"] += extras["traj_accepted"].cpu().tolist()
+    mask = micro["response_mask"].bool()
+    ratio = torch.exp(torch.clamp(log_prob.detach() - micro["old_log_prob"], -20, 20))[mask]
+    ent = entropy.detach()[mask]
+    if ratio.numel():
+        pick = torch.linspace(0, ratio.numel() - 1, min(per_micro, ratio.numel())).long()
+        diag["ratio"] += ratio[pick].float().cpu().tolist()
+        diag["entropy"] += ent[pick].float().cpu().tolist()
+
+
+def _inject_nan(update_index: int) -> bool:
+    """Testing hook: ``STALERL_INJECT_NAN_UPDATES="3,4,5"`` makes those updates' loss NaN."""
+    spec = os.environ.get("STALERL_INJECT_NAN_UPDATES")
+    return bool(spec) and str(update_index) in spec.split(",")
+
+
+# ============================================================================ evaluation
+
+@torch.no_grad()
+def evaluate(config, model, tokenizer, prompts, reward_fn, step: int) -> dict[str, float]:
+    """avg@n (and pass@k) on the held-out prompts, with a fixed seed per step (the training
+    sampler's random state is not disturbed)."""
+    from stalerl.evaluation.metrics import summarize
+
+    if not prompts:
+        return {}
+    n = config.eval.samples
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed * 7919 + step)
+        gen = generate(
+            model, tokenizer, [p.text for p in prompts], group_size=n, temperature=config.eval.temperature,
+            top_p=config.rollout.top_p, max_new_tokens=config.rollout.max_new_tokens, batch_size=config.rollout.batch_size,
+        )
+    scored = reward_fn(gen.texts, [p.answer for p in prompts for _ in range(n)])
+    correct = np.array(scored.correct, dtype=float).reshape(len(prompts), n)
+    summary = summarize(correct)
+    out = {f"eval/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+    out["eval/accuracy"] = float(correct.mean())
+    out["eval/response_length_mean"] = gen.response_mask.sum(-1).float().mean().item()
+    return out
+
+
+# ============================================================================ the loop
+
+def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bool | None = None) -> RunResult:
+    """Run ``stalerl train``; returns a :class:`RunResult` (a crash is a result, not an exception)."""
+    validate(config)
+    progress = config.progress if progress is None else progress
+    run_dir = Path(resume) if resume else Path(config.run_dir) if config.run_dir else default_run_dir(config)
+    checkpoint_root = run_dir / "checkpoints"
+    resume_from = ckpt.latest_checkpoint(checkpoint_root) if resume else None
+    if resume and resume_from is None:
+        raise ValueError(f"--resume {str(run_dir)!r}: no complete checkpoint under {checkpoint_root}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+    seed_everything(config.seed)
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    model, tokenizer, model_path = load_policy(config, progress=progress)
+    if resume_from is not None:
+        from transformers import AutoModelForCausalLM
+
+        loaded = AutoModelForCausalLM.from_pretrained(resume_from, dtype=next(model.parameters()).dtype)
+        model.load_state_dict(loaded.state_dict())
+        del loaded
+    train_prompts, skipped_train = build_prompts(
+        config.data.train, split=config.data.train_split if config.data.train != "testbed" else "train",
+        size=config.data.testbed_train_size if config.data.train == "testbed" else config.data.limit,
+        tokenizer=tokenizer, data_config=config.data, seed=config.seed,
+    )
+    eval_prompts, _ = build_prompts(
+        config.data.eval, split=config.data.eval_split if config.data.eval != "testbed" else "test",
+        size=config.data.eval_size, tokenizer=tokenizer, data_config=config.data, seed=config.seed + 1,
+    ) if config.data.eval_size > 0 else ([], 0)
+    sampler = PromptSampler(train_prompts, seed=config.seed)
+    objective = objectives.build(config.objective.name, **config.objective.hparams)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay,
+    )
+    buffer = StaleBuffer(config.stale.staleness, config.optim.mini_batches)
+    reward_fn = _make_reward(config)
+    record_rollout = objective.requires_rollout_log_prob or getattr(objective.config, "reference", "") == "rollout"
+    state = LoopState()
+
+    if resume_from is not None:
+        saved = ckpt.load_state(resume_from)
+        optimizer.load_state_dict(saved["optimizer"])
+        buffer.load_state_dict(saved["buffer"])
+        objective.load_state_dict(saved["objective"])
+        sampler.load_state_dict(saved["sampler"])
+        state = LoopState(**saved["loop"])
+        set_rng_state(saved["rng"])
+    logger = RunLogger(run_dir, tensorboard=config.tensorboard, resume_step=state.step if resume_from else None)
+    bar = _progress_bar(config.steps, state.step, progress)
+    crashed_at, crash_reason = None, None
+    last: dict[str, Any] = {}
+    m = config.optim.mini_batches
+    try:
+        if state.step == 0 and resume_from is None:
+            start = evaluate(config, model, tokenizer, eval_prompts, reward_fn, step=0)
+            start["data/skipped_prompts"] = float(skipped_train)
+            logger.log_step(0, start)
+            last.update(start)
+
+        while state.step < config.steps:
+            t_step = time.perf_counter()
+            # 1. Fill the stale buffer: each new batch comes from the current policy.
+            fresh: dict[str, float] = {}
+            while not buffer.ready():
+                generated = make_rollout_batch(config, model, tokenizer, sampler, reward_fn, state.updates, record_rollout)
+                buffer.push(generated)
+                state.generated_batches += 1
+                fresh = _merge_fresh(fresh, generated.info)
+            batch = buffer.pop()
+
+            # 2. m optimizer updates on the oldest batch, each trajectory used once.
+            t_train = time.perf_counter()
+            order = torch.randperm(len(batch))
+            update_metrics = []
+            for rows in order.chunk(m):
+                metrics, diag = update(config, model, optimizer, objective, batch, rows, state)
+                metrics["train/staleness"] = float(state.updates - 1 - batch.policy_version)
+                logger.log_update({"step": state.step + 1, "update": state.updates - 1, **metrics})
+                logger.log_diagnostics({"step": state.step + 1, "update": state.updates - 1, **diag})
+                update_metrics.append(metrics)
+                if state.nonfinite_in_row >= config.optim.max_nonfinite_in_row:
+                    raise TrainingCrashed(
+                        f"{state.nonfinite_in_row} consecutive updates had a non-finite loss or gradient "
+                        f"(optim.max_nonfinite_in_row={config.optim.max_nonfinite_in_row})"
+                    )
+            t_train = time.perf_counter() - t_train
+            state.step += 1
+
+            # 3. Log the step: the fresh rollout, the consumed data, the updates.
+            record = dict(fresh)
+            record.update(_mean_dicts(update_metrics))
+            stale = [u["train/staleness"] for u in update_metrics]
+            record.update({
+                "train/staleness_min": min(stale), "train/staleness_max": max(stale),
+                "train/data_reward_mean": batch.rewards.mean().item(),
+                "train/data_policy_version": float(batch.policy_version),
+                "train/skipped_updates_total": float(state.skipped_updates),
+                "train/updates": float(state.updates),
+                "time/train": t_train,
+                "time/step": time.perf_counter() - t_step,
+            })
+            record["perf/tokens_per_s"] = record.get("perf/generated_tokens", 0.0) / max(record["time/step"], 1e-9)
+            if config.eval.every and state.step % config.eval.every == 0 or state.step == config.steps:
+                record.update(evaluate(config, model, tokenizer, eval_prompts, reward_fn, step=state.step))
+            logger.log_step(state.step, record)
+            last.update(record)
+            _advance(bar, record)
+
+            # 4. Checkpoint (atomic).
+            if (config.checkpoint_every and state.step % config.checkpoint_every == 0) or state.step == config.steps:
+                _save(checkpoint_root, state, model, tokenizer, optimizer, buffer, objective, sampler, config)
+    except TrainingCrashed as err:
+        crashed_at, crash_reason = state.step + 1, str(err)
+        logger.log_event({"event": "crash", "step": crashed_at, "reason": crash_reason, "updates": state.updates})
+    finally:
+        if bar is not None:
+            bar.close()
+        logger.close()
+        if hasattr(reward_fn, "close"):
+            reward_fn.close()
+
+    result = RunResult(run_dir, state.step, crashed_at, last, crash_reason)
+    _write_summary(run_dir, config, result, model_path)
+    if config.plots:
+        _plots(run_dir)
+    return result
+
+
+# ============================================================================ helpers
+
+def _make_reward(config):
+    from stalerl.rewards.reward import MathReward, load_reward_fn
+
+    rc = config.reward
+    if rc.function:
+        return load_reward_fn(rc.function)
+    return MathReward(format_score=rc.format_score, num_workers=rc.num_workers, timeout_s=rc.timeout_s,
+                      memory_limit_mb=rc.memory_limit_mb)
+
+
+def _save(root, state, model, tokenizer, optimizer, buffer, objective, sampler, config) -> None:
+    payload = {
+        "optimizer": optimizer.state_dict(),
+        "buffer": buffer.state_dict(),
+        "objective": objective.state_dict(),
+        "sampler": sampler.state_dict(),
+        "loop": vars(state).copy(),
+        "rng": rng_state(),
+        "config": to_dict(config),
+    }
+    ckpt.save_checkpoint(root, state.step, model, tokenizer, payload, keep=config.keep_checkpoints)
+
+
+def _merge_fresh(previous: dict[str, float], info: dict[str, float]) -> dict[str, float]:
+    """The newest batch's rollout metrics; times and token counts add up over the step's batches."""
+    merged = dict(info)
+    for key in ("time/generate", "time/score", "time/behaviour_logprob", "perf/generated_tokens"):
+        merged[key] = previous.get(key, 0.0) + info.get(key, 0.0)
+    return merged
+
+
+def _mean_dicts(records: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for r in records for k in r}
+    out = {}
+    for key in keys:
+        values = [r[key] for r in records if key in r and r[key] is not None]
+        finite = [v for v in values if math.isfinite(v)]
+        out[key] = float(np.mean(finite)) if finite else float("nan")
+    if "train/grad_norm" in keys:
+        norms = [r["train/grad_norm"] for r in records if math.isfinite(r.get("train/grad_norm", float("nan")))]
+        out["train/grad_norm_max"] = max(norms) if norms else float("nan")
+    return out
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+
+def _advance(bar, record) -> None:
+    if bar is None:
+        return
+    shown = {
+        "reward": record.get("rollout/reward_mean"),
+        "acc": record.get("rollout/accuracy"),
+        "eval": record.get("eval/accuracy"),
+        "stale": record.get("train/staleness_max"),
+    }
+    bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items() if v is not None and math.isfinite(v)}, refresh=False)
+    bar.update(1)
+
+
+def _write_summary(run_dir: Path, config: TrainConfig, result: RunResult, model_path: str) -> None:
+    import json
+
+    steps = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "event" not in r]
+    evals = [(r["step"], r["eval/accuracy"]) for r in steps if r.get("eval/accuracy") is not None]
+    best = max(evals, key=lambda x: x[1]) if evals else (None, None)
+    summary = {
+        "objective": config.objective.name,
+        "hparams": config.objective.hparams,
+        "staleness": config.stale.staleness,
+        "model": model_path,
+        "steps_done": result.steps_done,
+        "crashed_at": result.crashed_at,
+        "crash_reason": result.crash_reason,
+        "eval_accuracy_start": evals[0][1] if evals else None,
+        "eval_accuracy_final": evals[-1][1] if evals else None,
+        "eval_accuracy_best": best[1],
+        "best_step": best[0],
+        "skipped_updates": result.final_metrics.get("train/skipped_updates_total"),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def _plots(run_dir: Path) -> None:
+    try:
+        from stalerl.evaluation.plots import learning_curves
+    except ImportError:
+        return
+    try:
+        learning_curves([run_dir], run_dir / "curves.png")
+    except Exception as err:  # a plot must never lose a finished run
+        print(f"stalerl: could not draw curves ({err})")
