@@ -1,0 +1,254 @@
+"""The four studies of the seed papers (SPEC §6): conditions, scaling, and the claims to check.
+
+Each study is a list of :class:`Condition` (objective, hyperparameters, staleness) and a list of
+:class:`Claim` (the paper's statement and numbers, and a check that computes the testbed's numbers
+from the finished runs and says whether the direction reproduced).
+
+Scaling to the testbed. The papers train 1.7B-32B models with 256 prompts x 8 responses per
+generation batch, m = 4 mini-batches and staleness s = 256 updates (64 generation batches of
+delay). The testbed keeps m = 4 and the group size 8, uses 16 prompts per batch, and a staleness of
+``TESTBED_STALENESS`` = 32 updates (8 generation batches of delay), long compared with its
+training run (``TESTBED_STEPS`` steps = 4 x that many updates) just as 256 is long compared with the
+papers' 1000 steps; the learning rate is raised for the small model (see ``stalerl train``
+defaults). ``--quick`` shrinks everything to a smoke test whose verdicts are not meaningful.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+TESTBED_STALENESS = 32
+TESTBED_STEPS = 60
+QUICK_STALENESS = 4
+
+
+@dataclass
+class Condition:
+    """One training configuration of a study."""
+
+    name: str
+    objective: str
+    hparams: dict[str, Any] = field(default_factory=dict)
+    stale: bool = True
+    """True: the study's staleness S; False: on-policy (s = 0)."""
+
+
+@dataclass
+class Claim:
+    """A claim of the paper and how the testbed checks it."""
+
+    text: str
+    paper: str
+    """The paper's numbers for this claim."""
+    check: Callable[[dict[str, list[dict[str, Any]]]], tuple[str, bool | None]]
+    """Given run statistics per condition (one dict per seed), return (testbed numbers, reproduced?)."""
+
+
+@dataclass
+class Study:
+    name: str
+    seed_file: str
+    title: str
+    conditions: list[Condition]
+    claims: list[Claim]
+    paper_scale: dict[str, Any]
+    """Overrides of ``stalerl train`` at the paper's own scale (GPU, network for model and data)."""
+    seeds: int = 2
+
+
+# ------------------------------------------------------------------ helpers used by the checks
+
+def mean(stats: list[dict[str, Any]], key: str) -> float:
+    values = [s[key] for s in stats if s.get(key) is not None and np.isfinite(s[key])]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _fmt(x: float, pct: bool = True) -> str:
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    return f"{100 * x:.1f}%" if pct else f"{x:.4g}"
+
+
+def _better(runs, a: str, b: str, key: str, label: str, pct: bool = True) -> tuple[str, bool | None]:
+    va, vb = mean(runs.get(a, []), key), mean(runs.get(b, []), key)
+    if not (np.isfinite(va) and np.isfinite(vb)):
+        return f"{a} {_fmt(va, pct)} vs {b} {_fmt(vb, pct)}", None
+    return f"{label}: {a} {_fmt(va, pct)} vs {b} {_fmt(vb, pct)}", bool(va > vb)
+
+
+def _highest(runs, winner: str, key: str, label: str) -> tuple[str, bool | None]:
+    values = {c: mean(s, key) for c, s in runs.items()}
+    finite = {c: v for c, v in values.items() if np.isfinite(v)}
+    text = f"{label}: " + ", ".join(f"{c} {_fmt(v)}" for c, v in sorted(finite.items(), key=lambda kv: -kv[1]))
+    if winner not in finite:
+        return text, None
+    return text, bool(finite[winner] >= max(finite.values()))
+
+
+# ------------------------------------------------------------------ the studies
+
+PROSPERITY = Study(
+    name="prosperity",
+    seed_file="m2po-prosperity-before-collapse.txt",
+    title="Prosperity before collapse (M2PO paper)",
+    conditions=[
+        Condition("grpo-s0", "grpo", stale=False),
+        Condition("grpo", "grpo"),
+        Condition("no_tr", "no_tr"),
+        Condition("gspo", "gspo"),
+        Condition("m2po", "m2po"),
+        Condition("m2po-s0", "m2po", stale=False),
+    ],
+    claims=[
+        Claim("Without a trust region, stale data first helps: no_tr's peak beats grpo at the same staleness",
+              "Fig. 1 (Qwen2.5-32B, s=256): GRPO no TR rises above GRPO before collapsing",
+              lambda r: _better(r, "no_tr", "grpo", "eval_best", "best held-out accuracy")),
+        Claim("grpo degrades under staleness",
+              "Table 1, Qwen3-1.7B: GRPO s=0 33.0% avg vs s=256 lower",
+              lambda r: _better(r, "grpo-s0", "grpo", "eval_best", "best held-out accuracy")),
+        Claim("m2po under staleness matches on-policy training (within 2 points or better)",
+              "Table 1, Qwen3-1.7B: M2PO s=256 36.6% vs GRPO s=0 33.0%",
+              lambda r: (lambda a, b: (f"m2po (s=S) {_fmt(a)} vs grpo-s0 {_fmt(b)}",
+                                       None if not (np.isfinite(a) and np.isfinite(b)) else bool(a >= b - 0.02)))(
+                  mean(r.get("m2po", []), "eval_best"), mean(r.get("grpo-s0", []), "eval_best"))),
+        Claim("m2po beats grpo at the same staleness",
+              "Table 1: M2PO > GRPO at s=256 on every model (up to +11.2 points)",
+              lambda r: _better(r, "m2po", "grpo", "eval_best", "best held-out accuracy")),
+        Claim("m2po clips (masks) far fewer tokens than grpo's epsilon-clip under staleness",
+              "Fig. 6d, Qwen3-1.7B: clip ratio GRPO s=256 0.66% vs M2PO s=256 0.02%",
+              lambda r: (lambda a, b: (f"mean clip fraction: grpo {_fmt(a)} vs m2po {_fmt(b)}",
+                                       None if not (np.isfinite(a) and np.isfinite(b)) else bool(b < a)))(
+                  mean(r.get("grpo", []), "clipfrac_mean"), mean(r.get("m2po", []), "clipfrac_mean"))),
+    ],
+    paper_scale={"stale.staleness": 256, "steps": 1000},
+)
+
+MISPO_MECHANISM = Study(
+    name="mispo-mechanism",
+    seed_file="mispo-randomtraj-mechanism-test.txt",
+    title="Does MIS-PO need ratio-based trajectory selection? (RandomTraj test)",
+    conditions=[
+        Condition("mispo", "mispo"),
+        Condition("mispo_token_only", "mispo_token_only"),
+        Condition("mispo_random_traj", "mispo_random_traj"),
+    ],
+    claims=[
+        Claim("TokenOnly beats MIS-PO", "MATH-500, s*=256: TokenOnly 59.25% vs MIS-PO 2.85%",
+              lambda r: _better(r, "mispo_token_only", "mispo", "eval_best", "best held-out accuracy")),
+        Claim("RandomTraj beats MIS-PO at equal acceptance", "RandomTraj 40.85% vs MIS-PO 2.85% (same acceptance)",
+              lambda r: _better(r, "mispo_random_traj", "mispo", "eval_best", "best held-out accuracy")),
+        Claim("RandomTraj accepts as many trajectories as MIS-PO (by construction)",
+              "identical acceptance rates",
+              lambda r: (lambda a, b: (f"acceptance: mispo {_fmt(a)} vs random_traj {_fmt(b)}",
+                                       None if not (np.isfinite(a) and np.isfinite(b)) else bool(abs(a - b) < 0.02)))(
+                  mean(r.get("mispo", []), "accept_mean"), mean(r.get("mispo_random_traj", []), "accept_mean"))),
+        Claim("MIS-PO's accepted trajectories have a much narrower log-ratio spread than RandomTraj's",
+              "std of accepted log rho: MIS-PO 0.0012 vs RandomTraj 0.026 (22x)",
+              lambda r: (lambda a, b: (f"accepted log-ratio std: mispo {_fmt(a, False)} vs random_traj {_fmt(b, False)}",
+                                       None if not (np.isfinite(a) and np.isfinite(b)) else bool(a < b)))(
+                  mean(r.get("mispo", []), "accepted_std_mean"), mean(r.get("mispo_random_traj", []), "accepted_std_mean"))),
+    ],
+    paper_scale={"stale.staleness": 256, "steps": 500},
+)
+
+AC_MISPO = Study(
+    name="ac-mispo",
+    seed_file="ac-mispo-acceptance-control.txt",
+    title="Acceptance-controlled MIS-PO",
+    conditions=[
+        Condition("grpo", "grpo"),
+        Condition("mispo", "mispo"),
+        Condition("m2po", "m2po"),
+        Condition("ac_mispo", "ac_mispo"),
+        Condition("mispo_fixed_final", "mispo_fixed_final"),
+    ],
+    claims=[
+        Claim("AC-MIS-PO reaches the best accuracy", "32.57% vs Fixed MIS-PO 18.67%, M2PO 18.40%, GRPO 6.57%",
+              lambda r: _highest(r, "ac_mispo", "eval_best", "best held-out accuracy")),
+        Claim("adaptive bounds beat fixed default bounds", "AC-MIS-PO 32.57% vs Fixed MIS-PO [0.996,1.001] 18.67%",
+              lambda r: _better(r, "ac_mispo", "mispo", "eval_best", "best held-out accuracy")),
+        Claim("bound magnitude is the main driver: fixed-at-final-bound is close to AC-MIS-PO (within 3 points)",
+              "Fixed-at-Final-Bound 31.43% vs AC-MIS-PO 32.57%",
+              lambda r: (lambda a, b: (f"fixed-final {_fmt(a)} vs ac_mispo {_fmt(b)}",
+                                       None if not (np.isfinite(a) and np.isfinite(b)) else bool(abs(a - b) <= 0.03)))(
+                  mean(r.get("mispo_fixed_final", []), "eval_best"), mean(r.get("ac_mispo", []), "eval_best"))),
+        Claim("acceptance rate and M2 are only weakly correlated", "Pearson r = 0.112",
+              lambda r: (lambda c: (f"Pearson r (ac_mispo updates) = {_fmt(c, False)}",
+                                    None if not np.isfinite(c) else bool(abs(c) < 0.3)))(
+                  mean(r.get("ac_mispo", []), "accept_m2_pearson"))),
+    ],
+    paper_scale={"stale.staleness": 256, "steps": 500},
+)
+
+MINPRO = Study(
+    name="minpro",
+    seed_file="minpro-prefix-importance-ratio.txt",
+    title="MinPRO: prefix importance ratio",
+    conditions=[
+        Condition("grpo", "grpo_clip_higher"),
+        Condition("gspo", "gspo_minpro_paper"),
+        Condition("cispo", "cispo"),
+        Condition("m2po", "m2po"),
+        Condition("minpro", "minpro"),
+    ],
+    claims=[
+        Claim("MinPRO reaches the highest training reward", "Figs. 2-3: MinPRO highest reward among all objectives",
+              lambda r: _highest(r, "minpro", "reward_best", "peak rollout reward")),
+        Claim("MinPRO beats CISPO (more stable soft clipping)", "CISPO peaks then collapses; MinPRO stays stable",
+              lambda r: _better(r, "minpro", "cispo", "eval_best", "best held-out accuracy")),
+        Claim("MinPRO beats GRPO's hard clipping", "GRPO plateaus low under off-policy drift",
+              lambda r: _better(r, "minpro", "grpo", "eval_best", "best held-out accuracy")),
+    ],
+    paper_scale={"stale.staleness": 256, "steps": 500},
+)
+
+STUDIES: dict[str, Study] = {s.name: s for s in (PROSPERITY, MISPO_MECHANISM, AC_MISPO, MINPRO)}
+
+TESTBED_OVERRIDES = [
+    f"steps={TESTBED_STEPS}",
+    "eval.every=5",
+    "rollout.prompts_per_step=16",
+    "rollout.group_size=8",
+    "optim.mini_batches=4",
+    "checkpoint_every=0",
+    "plots=false",
+]
+QUICK_OVERRIDES = [
+    "model.testbed_size=tiny",
+    "steps=3",
+    "eval.every=1",
+    "rollout.prompts_per_step=4",
+    "rollout.group_size=4",
+    "optim.mini_batches=2",
+    "data.eval_size=8",
+    "eval.samples=2",
+    "data.testbed_train_size=200",
+    "rollout.max_new_tokens=24",
+    "checkpoint_every=0",
+    "tensorboard=false",
+    "plots=false",
+]
+PAPER_OVERRIDES = [
+    "model.path=Qwen/Qwen3-1.7B-Base",
+    "model.dtype=bfloat16",
+    "model.attn_implementation=sdpa",
+    "model.gradient_checkpointing=true",
+    "data.train=agentica-org/DeepScaleR-Preview-Dataset",
+    "data.eval=HuggingFaceH4/MATH-500",
+    "data.eval_size=500",
+    "data.template=m2po",
+    "data.max_prompt_length=1024",
+    "rollout.prompts_per_step=256",
+    "rollout.group_size=8",
+    "rollout.max_new_tokens=16384",
+    "rollout.batch_size=256",
+    "optim.mini_batches=4",
+    "optim.lr=1e-6",
+    "optim.micro_batch_size=8",
+    "eval.every=50",
+    "eval.samples=4",
+    "checkpoint_every=50",
+]
