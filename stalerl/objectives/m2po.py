@@ -14,7 +14,9 @@ Decisions the paper leaves open (SPEC §2):
 * The mask removes as few tokens as possible, largest (log r)^2 first, so that the mean of the
   remaining trust-region tokens is <= tau. It is vectorised: sort ascending, prefix means, the
   kept set is the longest prefix whose mean is <= tau (prefix means of an ascending sequence never
-  decrease). No Python loop over tokens. Ties exactly at the cut-off are kept in batch order.
+  decrease). No Python loop over tokens, and no full sort either: :func:`m2_cut` keeps every value
+  <= tau outright and sorts only the log-scale bin in which the running mean crosses tau. Ties
+  exactly at the cut-off are kept in batch order.
 * M̂2 is a statistic of the whole optimizer mini-batch (and of all data-parallel ranks), not of
   one micro-batch; ``stats_scope="micro"`` reproduces the released code's per-micro-batch behaviour.
 """
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from stalerl.objectives import core
+from stalerl.objectives import distributed as dist_utils
 from stalerl.objectives.base import BatchStatsConfig, Objective
 
 
@@ -62,6 +65,60 @@ def m2_keep_count(sorted_values: torch.Tensor, tau: float) -> int:
     return int(over.to(torch.int8).argmax()) if bool(over.any()) else n
 
 
+_M2_BINS = 4096
+"""Log-spaced bins of :func:`m2_cut` (relative width ~0.2% over (log r)^2 in [tau, 400])."""
+
+
+def m2_cut(values: torch.Tensor, tau: float) -> tuple[int, float, int, float, float]:
+    """Where Algorithm 1 cuts ``values`` (1-D, the candidates' (log r)^2), without a full sort.
+
+    Same result as sorting ascending and taking :func:`m2_keep_count`: keep the ``keep`` smallest
+    values. Returns ``(keep, cutoff, ties_keep, kept_sum, total)``: the kept values are those
+    ``< cutoff`` and the first ``ties_keep`` of those ``== cutoff`` (``cutoff`` is the keep-th
+    smallest value; +inf when all are kept, -inf when none is); sums in float64.
+
+    Values <= tau never lift the prefix mean above tau, so all of them are kept and only the larger
+    ones need ordering; those are binned on a fine log scale (two ``bincount``), and only the bin
+    where the running mean crosses tau is sorted. O(n) instead of O(n log n).
+    """
+    n = values.numel()
+    v = values.reshape(-1)
+    total = float(v.sum(dtype=torch.float64)) if n else 0.0
+    if n == 0 or total <= tau * n:
+        return n, math.inf, 0, total, total
+    big = v[v > tau]
+    n0 = n - big.numel()
+    s0 = total - float(big.sum(dtype=torch.float64))
+    idx = torch.zeros_like(big, dtype=torch.long)
+    if tau > 0 and big.numel():
+        lb = torch.log(big / tau)
+        hi = float(lb.max())
+        if hi > 0:
+            idx = (lb * (_M2_BINS / hi)).long().clamp_(0, _M2_BINS - 1)
+    cnt = torch.bincount(idx, minlength=_M2_BINS).to(torch.float64)
+    sm = torch.bincount(idx, weights=big.to(torch.float64), minlength=_M2_BINS)
+    ccnt = n0 + torch.cumsum(cnt, 0)
+    csum = s0 + torch.cumsum(sm, 0)
+    over = csum > tau * ccnt
+    j = int(over.to(torch.int8).argmax()) if bool(over.any()) else _M2_BINS - 1
+    before_cnt = int(ccnt[j] - cnt[j])
+    before_sum = float(csum[j] - sm[j])
+    bucket = torch.sort(big[idx == j]).values.to(torch.float64)
+    prefix = before_sum + torch.cumsum(bucket, 0)
+    mean = prefix / torch.arange(before_cnt + 1, before_cnt + bucket.numel() + 1, dtype=torch.float64,
+                                 device=bucket.device)
+    exceed = mean > tau
+    k = int(exceed.to(torch.int8).argmax()) if bool(exceed.any()) else bucket.numel()
+    keep = before_cnt + k
+    if keep == 0:
+        return 0, -math.inf, 0, 0.0, total
+    if k > 0:
+        cutoff, kept_sum = float(bucket[k - 1]), float(prefix[k - 1])
+    else:  # the cut falls at the start of bin j: the cut-off is the largest value below it
+        cutoff, kept_sum = float(torch.cat([v[v <= tau], big[idx < j]]).max()), before_sum
+    return keep, cutoff, keep - int((v < cutoff).sum()), kept_sum, total
+
+
 class M2PO(Objective):
     name = "m2po"
     summary = "M2PO (Algorithm 1): mask largest (log r)^2 trust-region tokens until mean M2 <= tau; M*r*A"
@@ -73,22 +130,19 @@ class M2PO(Objective):
         for lp, olp, adv, m in zip(log_prob, old_log_prob, advantages, mask):
             lr = core.log_ratio(lp, olp)
             values.append(lr.square()[m2po_candidates(self.config, lr, adv, m)])
-        values = self.gather(torch.cat(values))
-        sorted_values = torch.sort(values).values
-        keep = m2_keep_count(sorted_values, self.config.tau)
-        n = sorted_values.numel()
-        if keep == n:
-            cutoff, ties_keep = math.inf, 0
-        elif keep == 0:
-            cutoff, ties_keep = -math.inf, 0
-        else:
-            cutoff = float(sorted_values[keep - 1])
-            ties_keep = keep - int((sorted_values < cutoff).sum())
-        stats.payload.update(cutoff=cutoff, ties_keep=ties_keep, ties_seen=0)
-        total = sorted_values.sum()
+        local = torch.cat(values)
+        values = self.gather(local)
+        keep, cutoff, ties_keep, kept_sum, total = m2_cut(values, self.config.tau)
+        n = values.numel()
+        ties_seen = 0
+        if self._cross_rank() and 0 < keep < n:
+            # Ties at the cut-off are kept in the rank-ordered batch order: this rank's ties come
+            # after those of lower ranks (same condition on every rank, so the collective matches).
+            ties_seen, _ = dist_utils.rank_offsets(int((local == cutoff).sum()), device=local.device)
+        stats.payload.update(cutoff=cutoff, ties_keep=ties_keep, ties_seen=ties_seen)
         stats.metrics.update({
-            "actor/m2_before": float(total / max(n, 1)),
-            "actor/m2_after": float(sorted_values[:keep].sum() / max(keep, 1)),
+            "actor/m2_before": total / max(n, 1),
+            "actor/m2_after": kept_sum / max(keep, 1),
             "actor/m2_masked_tokens": float(n - keep),
             "actor/m2_trust_region_tokens": float(n),
         })
