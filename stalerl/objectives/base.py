@@ -80,6 +80,8 @@ class ObjectiveConfig:
             raise ValueError(
                 f"loss_agg_mode={self.loss_agg_mode!r} is not one of {', '.join(core.AGG_MODES)}"
             )
+        if self.loss_scale_factor is not None and not self.loss_scale_factor > 0:
+            raise ValueError(f"loss_scale_factor={self.loss_scale_factor!r} must be > 0 (or None)")
 
 
 @dataclass
@@ -107,6 +109,8 @@ def _check_hparam_types(config: ObjectiveConfig, objective: str) -> None:
                 raise ValueError(f"{objective}: hyperparameter {f.name}={value!r} must be a number")
             if not math.isfinite(float(value)):
                 raise ValueError(f"{objective}: hyperparameter {f.name}={value!r} must be finite")
+            if kind == "int" and not isinstance(value, int):
+                raise ValueError(f"{objective}: hyperparameter {f.name}={value!r} must be an integer")
         elif kind == "bool" and not isinstance(value, bool):
             raise ValueError(f"{objective}: hyperparameter {f.name}={value!r} must be true or false")
         elif kind == "str" and not isinstance(value, str):
