@@ -171,11 +171,11 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
 
 def _report(out: Path, run_dirs: list[Path], title: str) -> None:
     try:
-        from stalerl.evaluation.report import write_report
+        from stalerl.evaluation.report import build_report
     except ImportError:
         return
     try:
-        write_report(run_dirs, out / "report", title=title)
+        build_report(run_dirs, out / "report", title=title)
     except Exception as err:  # the verdicts are written already; a figure must not lose them
         print(f"stalerl reproduce: report failed ({err})")
 
