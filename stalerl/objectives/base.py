@@ -48,6 +48,19 @@ class ObjectiveOutput:
 
 
 @dataclass
+class PerTokenLoss:
+    """What :meth:`Objective.per_token_loss` returns."""
+
+    loss_mat: torch.Tensor
+    """(B, T) per-token loss, with gradient through ``log_prob`` (float32/float64)."""
+    agg_mask: torch.Tensor
+    """(B, T) the mask the aggregation averages over (all valid tokens)."""
+    metrics: dict[str, float]
+    extras: dict[str, torch.Tensor]
+    batch_stats: "BatchStats"
+
+
+@dataclass
 class BatchStats:
     """Statistics of a whole optimizer mini-batch, computed once by :meth:`Objective.batch_stats`.
 
@@ -155,6 +168,38 @@ class Objective:
         batch_stats: BatchStats | None = None,
     ) -> ObjectiveOutput:
         """Loss and metrics on one (micro-)batch; see the module docstring for ``batch_stats``."""
+        per_token = self.per_token_loss(
+            log_prob, old_log_prob, advantages, response_mask,
+            rollout_log_prob=rollout_log_prob, batch_stats=batch_stats,
+        )
+        stats = per_token.batch_stats
+        loss = core.aggregate(
+            per_token.loss_mat,
+            per_token.agg_mask,
+            self.config.loss_agg_mode,
+            num_tokens=stats.num_tokens,
+            num_seqs=stats.num_seqs,
+            loss_scale_factor=self.config.loss_scale_factor,
+        )
+        return ObjectiveOutput(loss=loss, metrics=per_token.metrics, extras=per_token.extras)
+
+    def per_token_loss(
+        self,
+        log_prob: torch.Tensor,
+        old_log_prob: torch.Tensor,
+        advantages: torch.Tensor,
+        response_mask: torch.Tensor,
+        *,
+        rollout_log_prob: torch.Tensor | None = None,
+        batch_stats: BatchStats | None = None,
+    ) -> "PerTokenLoss":
+        """The per-token loss before aggregation, for host trainers that weight tokens or
+        normalise themselves (verl's ``rollout_is_weights`` and ``agg_loss``, TRL's KL term).
+
+        ``obj(...)`` is ``core.aggregate`` of this result with the objective's ``loss_agg_mode``.
+        Statistics follow the same rules as ``__call__``; stateful objectives advance once per call
+        when no ``batch_stats`` is given.
+        """
         log_prob, old_log_prob, advantages, mask, rollout_log_prob = self._prepare(
             log_prob, old_log_prob, advantages, response_mask, rollout_log_prob
         )
@@ -171,15 +216,7 @@ class Objective:
         loss_mat, agg_mask, metrics, extras = self.compute(
             log_prob, old_log_prob, advantages, mask, rollout_log_prob, batch_stats
         )
-        loss = core.aggregate(
-            loss_mat,
-            agg_mask,
-            self.config.loss_agg_mode,
-            num_tokens=batch_stats.num_tokens,
-            num_seqs=batch_stats.num_seqs,
-            loss_scale_factor=self.config.loss_scale_factor,
-        )
-        return ObjectiveOutput(loss=loss, metrics=self._to_floats(metrics, batch_stats), extras=extras)
+        return PerTokenLoss(loss_mat, agg_mask, self._to_floats(metrics, batch_stats), extras, batch_stats)
 
     def batch_stats(
         self,
