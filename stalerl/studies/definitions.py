@@ -20,8 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-TESTBED_STALENESS = 32
+TESTBED_STALENESS = 64
 TESTBED_STEPS = 60
+TESTBED_LR = 3e-4
 QUICK_STALENESS = 4
 
 
@@ -209,6 +210,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in (PROSPERITY, MISPO_MECHANISM, AC
 
 TESTBED_OVERRIDES = [
     f"steps={TESTBED_STEPS}",
+    f"optim.lr={TESTBED_LR}",
     "eval.every=5",
     "rollout.prompts_per_step=16",
     "rollout.group_size=8",

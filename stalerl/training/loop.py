@@ -11,6 +11,10 @@ run ``optim.mini_batches`` optimizer updates on it, log, evaluate, checkpoint::
             update(mini_batch)                   # micro-batches, objective, clip, AdamW (skip non-finite)
         log(); evaluate(); checkpoint()
 
+With ``stale.mode=async`` the inner ``while`` is replaced by a rollout worker process that
+generates ahead, within the staleness bound, while the trainer trains
+(:mod:`stalerl.staleness.async_rollout`); the trainer sends it a policy snapshot after each step.
+
 Reliability (SPEC §4): a non-finite loss or gradient skips the update and is counted;
 ``optim.max_nonfinite_in_row`` in a row end the run, recorded as a crash at that step with the
 last good checkpoint intact. Checkpoints are atomic and ``resume`` continues exactly.
@@ -92,11 +96,24 @@ def load_policy(config: TrainConfig, progress: bool = True):
     kwargs: dict[str, Any] = {"dtype": dtype}
     if mc.attn_implementation:
         kwargs["attn_implementation"] = mc.attn_implementation
+    local = Path(path).expanduser()
+    if local.exists() or path.startswith(("/", ".", "~")) or path.count("/") > 1:
+        # a local checkpoint: say what is wrong instead of transformers' hub / tokenizer messages
+        if not local.is_dir():
+            raise ValueError(f"model.path={mc.path!r}: no such directory")
+        if not (local / "config.json").is_file():
+            raise ValueError(f"model.path={mc.path!r}: {local} holds no config.json "
+                             "(a checkpoint saved with save_pretrained is expected)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as err:
-        raise ValueError(f"model.path={mc.path!r} could not be loaded: {err}") from None
+    except (OSError, ValueError) as err:
+        reason = " ".join(str(err).split())  # one line
+        raise ValueError(f"model.path={mc.path!r} could not be loaded: {reason}") from None
+    if not tokenizer("What is 1+1?", add_special_tokens=False)["input_ids"]:
+        # transformers builds an empty tokenizer for a directory without tokenizer files
+        raise ValueError(f"model.path={mc.path!r}: its tokenizer encodes text to nothing (are the tokenizer "
+                         "files missing? save the tokenizer with save_pretrained next to the model)")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if mc.gradient_checkpointing:
@@ -379,7 +396,13 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bo
     crashed_at, crash_reason = None, None
     last: dict[str, Any] = {}
     m = config.optim.mini_batches
+    rollouts = None  # async mode: the rollout worker process (stalerl.staleness.async_rollout)
     try:
+        if config.stale.mode == "async":
+            from stalerl.staleness.async_rollout import AsyncRollouts
+
+            rollouts = AsyncRollouts(config, model_path, model, buffer, sampler, state, record_rollout)
+            logger.log_event({"event": "async_worker_start", "pid": rollouts.pid, "step": state.step})
         if state.step == 0 and resume_from is None:
             start = evaluate(config, model, tokenizer, eval_prompts, reward_fn, step=0)
             start["data/skipped_prompts"] = float(skipped_train)
@@ -390,12 +413,18 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bo
             t_step = time.perf_counter()
             # 1. Fill the stale buffer: each new batch comes from the current policy.
             fresh: dict[str, float] = {}
-            while not buffer.ready():
-                generated = make_rollout_batch(config, model, tokenizer, sampler, reward_fn, state.updates, record_rollout)
-                buffer.push(generated)
-                state.generated_batches += 1
-                fresh = _merge_fresh(fresh, generated.info)
-            batch = buffer.pop()
+            if rollouts is not None:  # async: batches come from the worker, within the staleness bound
+                batch, infos, waited = rollouts.next_batch(state)
+                for info in infos:
+                    fresh = _merge_fresh(fresh, info)
+                fresh["time/wait_rollout"] = waited
+            else:
+                while not buffer.ready():
+                    generated = make_rollout_batch(config, model, tokenizer, sampler, reward_fn, state.updates, record_rollout)
+                    buffer.push(generated)
+                    state.generated_batches += 1
+                    fresh = _merge_fresh(fresh, generated.info)
+                batch = buffer.pop()
 
             # 2. m optimizer updates on the oldest batch, each trajectory used once.
             t_train = time.perf_counter()
@@ -414,6 +443,8 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bo
                     )
             t_train = time.perf_counter() - t_train
             state.step += 1
+            if rollouts is not None:
+                rollouts.publish(model, state)  # the policy snapshot of version state.updates
 
             # 3. Log the step: the fresh rollout, the consumed data, the updates.
             record = dict(fresh)
@@ -437,11 +468,15 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bo
 
             # 4. Checkpoint (atomic).
             if (config.checkpoint_every and state.step % config.checkpoint_every == 0) or state.step == config.steps:
+                if rollouts is not None:
+                    rollouts.before_checkpoint(sampler, state)  # received batches + sampler state
                 _save(checkpoint_root, state, model, tokenizer, optimizer, buffer, objective, sampler, config)
     except TrainingCrashed as err:
         crashed_at, crash_reason = state.step + 1, str(err)
         logger.log_event({"event": "crash", "step": crashed_at, "reason": crash_reason, "updates": state.updates})
     finally:
+        if rollouts is not None:
+            rollouts.close()
         if bar is not None:
             bar.close()
         logger.close()
