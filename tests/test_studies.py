@@ -1,0 +1,97 @@
+"""`stalerl reproduce`: the studies' plans, verdict logic, and every study in --quick mode."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from stalerl.studies import definitions as d
+from stalerl.studies.reproduce import condition_overrides, reproduce, verdicts
+from stalerl.training.config import load_config
+
+
+def test_every_condition_builds_a_valid_config(tmp_path):
+    for study in d.STUDIES.values():
+        for cond in study.conditions:
+            for scale, quick in (("testbed", False), ("testbed", True), ("paper", False)):
+                args = condition_overrides(study, cond, scale=scale, quick=quick, seed=0,
+                                           run_dir=tmp_path / "r", extra=[])
+                config = load_config(None, args)
+                expected = 0 if not cond.stale else (
+                    d.QUICK_STALENESS if quick else d.TESTBED_STALENESS if scale == "testbed"
+                    else study.paper_scale["stale.staleness"])
+                assert config.stale.staleness == expected
+                assert config.objective.name == cond.objective
+
+
+def test_paper_scale_uses_the_papers_batch_and_model(tmp_path):
+    study = d.STUDIES["prosperity"]
+    args = condition_overrides(study, study.conditions[1], scale="paper", quick=False, seed=0,
+                               run_dir=tmp_path, extra=[])
+    config = load_config(None, args)
+    assert config.model.path == "Qwen/Qwen3-1.7B-Base"
+    assert (config.rollout.prompts_per_step, config.rollout.group_size, config.optim.mini_batches) == (256, 8, 4)
+    assert config.stale.staleness == 256 and config.optim.lr == 1e-6
+
+
+def _stats(**kw):
+    base = {k: math.nan for k in ("eval_best", "reward_best", "clipfrac_mean", "accept_mean",
+                                  "accepted_std_mean", "accept_m2_pearson")}
+    base.update(kw)
+    return base
+
+
+def test_verdicts_follow_the_numbers():
+    study = d.STUDIES["mispo-mechanism"]
+    stats = {
+        "mispo": [_stats(eval_best=0.10, accept_mean=0.30, accepted_std_mean=0.001)],
+        "mispo_token_only": [_stats(eval_best=0.40)],
+        "mispo_random_traj": [_stats(eval_best=0.05, accept_mean=0.30, accepted_std_mean=0.02)],
+    }
+    rows = verdicts(study, stats)
+    assert [r["reproduced"] for r in rows] == [True, False, True, True]
+    assert "40.0%" in rows[0]["testbed"] and "10.0%" in rows[0]["testbed"]
+
+
+def test_missing_numbers_give_no_verdict():
+    study = d.STUDIES["ac-mispo"]
+    rows = verdicts(study, {"ac_mispo": [_stats(eval_best=0.3)]})
+    assert rows[1]["reproduced"] is None  # mispo missing: no direction can be read
+
+
+def test_unknown_study_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown study 'nope'.*prosperity"):
+        reproduce("nope", out=tmp_path)
+
+
+def _quick(study, tmp_path, tiny_overrides):
+    overrides = [o for o in tiny_overrides() if o.startswith(("model.path", "reward.function"))]
+    out = reproduce(study, out=tmp_path / study, quick=True, overrides=overrides + ["progress=false"],
+                    progress=False)
+    rows = json.loads((out / "verdicts.json").read_text())
+    assert len(rows) == len(d.STUDIES[study].claims)
+    assert all(r["reproduced"] in (True, False, None) for r in rows)
+    text = (out / "verdicts.md").read_text()
+    assert "quick mode" in text and "| claim | paper | testbed | reproduced |" in text
+    for cond in d.STUDIES[study].conditions:
+        assert (out / "runs" / f"{cond.name}-seed0" / "summary.json").exists()
+    stats = json.loads((out / "stats.json").read_text())
+    assert set(stats) == {c.name for c in d.STUDIES[study].conditions}
+    # a second call reuses the finished runs instead of training again
+    mtime = (out / "runs" / f"{d.STUDIES[study].conditions[0].name}-seed0" / "summary.json").stat().st_mtime
+    reproduce(study, out=tmp_path / study, quick=True, overrides=overrides + ["progress=false"], progress=False)
+    assert (out / "runs" / f"{d.STUDIES[study].conditions[0].name}-seed0" / "summary.json").stat().st_mtime == mtime
+    return out
+
+
+def test_quick_mispo_mechanism(tmp_path, tiny_overrides):
+    out = _quick("mispo-mechanism", tmp_path, tiny_overrides)
+    assert (out / "report" / "report.md").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("study", ["prosperity", "ac-mispo", "minpro"])
+def test_quick_study(study, tmp_path, tiny_overrides):
+    _quick(study, tmp_path, tiny_overrides)
