@@ -24,6 +24,7 @@ E2E_OVERRIDES = [
     "model.testbed_size=small",
     "model.device=cpu",
     "objective.name=grpo",
+    "optim.lr=1e-4",
     "stale.staleness=0",
     "optim.mini_batches=4",
     "rollout.prompts_per_step=16",
@@ -58,11 +59,13 @@ def small_testbed(stalerl_cache):
 
 
 def test_on_policy_grpo_run_raises_heldout_accuracy(small_testbed, one_thread, tmp_path):
-    """Fixed-seed on-policy GRPO (s=0) on the small testbed, 30 steps of 16 prompts x 8, at the
-    default learning rate. MEASURED_CURVE records the run this threshold was set from; the test
-    asserts that the mean held-out accuracy of steps 20 and 30 beats step 0 by MIN_MARGIN, a
-    conservative fraction of the measured rise (avg@4 on 128 problems has a standard error of about
-    2 points). Calibration: lr 2e-5..1e-4 raise the accuracy, 3e-4 and above make it fall."""
+    """Fixed-seed on-policy GRPO (s=0, lr 1e-4) on the small testbed, 40 steps of 16 prompts x 8.
+
+    Measured (2 CPU cores, about 60 s once the warm-start is cached): held-out accuracy 0.242 at
+    step 0, 0.262 / 0.264 / 0.283 / 0.318 at steps 10-40 (MEASURED_CURVE): the mean of steps 30 and
+    40 is 5.9 points above step 0. The test asserts MIN_MARGIN = 2 points, a third of that (avg@4
+    on 128 problems has a standard error of about 2 points). Calibration: lr 2e-5..1e-4 raise the
+    accuracy, 3e-4 and above make it fall."""
     overrides = [o.replace("STEPS", str(STEPS)) for o in E2E_OVERRIDES]
     config = load_config(None, overrides + [f"run_dir={tmp_path / 'run'}"])
     result = train(config)
@@ -71,11 +74,11 @@ def test_on_policy_grpo_run_raises_heldout_accuracy(small_testbed, one_thread, t
                  if r.get("eval/accuracy") is not None)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["eval_accuracy_start"] == evals[0] and summary["eval_accuracy_final"] == evals[STEPS]
-    late = (evals[20] + evals[30]) / 2
+    late = (evals[STEPS - 10] + evals[STEPS]) / 2
     print(f"held-out accuracy {evals}; late mean {late:.4f}, rise {late - evals[0]:+.4f}")
     assert late - evals[0] >= MIN_MARGIN, f"held-out accuracy did not rise: {evals}"
 
 
-STEPS = 30
+STEPS = 40
 MIN_MARGIN = 0.02
-MEASURED_CURVE = None  # filled in from the measured run below
+MEASURED_CURVE = {0: 0.2422, 10: 0.2617, 20: 0.2637, 30: 0.2832, 40: 0.3184}
