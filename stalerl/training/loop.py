@@ -356,7 +356,6 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bo
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
     seed_everything(config.seed)
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     model, tokenizer, model_path = load_policy(config, progress=progress)
     if resume_from is not None:
         from transformers import AutoModelForCausalLM
