@@ -323,12 +323,12 @@ def plot_panels(
         ax.set_visible(False)
     crashed = any(r.crashed_at is not None for r in runs)
     handles = _legend_handles(groups, crashed)
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False, fontsize=11)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), ncols + 1), frameon=False, fontsize=11)
     if title:
         fig.suptitle(title, fontsize=13)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    fig.savefig(out_png, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return [p.key for p in panels]
 
