@@ -141,11 +141,6 @@ MISPO_MECHANISM = Study(
               lambda r: _better(r, "mispo_token_only", "mispo", "eval_best", "best held-out accuracy")),
         Claim("RandomTraj beats MIS-PO at equal acceptance", "RandomTraj 40.85% vs MIS-PO 2.85% (same acceptance)",
               lambda r: _better(r, "mispo_random_traj", "mispo", "eval_best", "best held-out accuracy")),
-        Claim("RandomTraj accepts as many trajectories as MIS-PO (by construction)",
-              "identical acceptance rates",
-              lambda r: (lambda a, b: (f"acceptance: mispo {_fmt(a)} vs random_traj {_fmt(b)}",
-                                       None if not (np.isfinite(a) and np.isfinite(b)) else bool(abs(a - b) < 0.02)))(
-                  mean(r.get("mispo", []), "accept_mean"), mean(r.get("mispo_random_traj", []), "accept_mean"))),
         Claim("MIS-PO's accepted trajectories have a much narrower log-ratio spread than RandomTraj's",
               "std of accepted log rho: MIS-PO 0.0012 vs RandomTraj 0.026 (22x)",
               lambda r: (lambda a, b: (f"accepted log-ratio std: mispo {_fmt(a, False)} vs random_traj {_fmt(b, False)}",

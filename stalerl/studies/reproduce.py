@@ -62,10 +62,13 @@ def run_stats(run_dir: Path) -> dict[str, Any]:
         return float(fn(values)) if values else None
 
     evals = series("eval/accuracy")
+    trained = [r["eval/accuracy"] for r in steps if r.get("step", 0) >= 1 and isinstance(r.get("eval/accuracy"), (int, float))]
     stats = {
         "eval_start": evals[0] if evals else None,
         "eval_final": evals[-1] if evals else None,
-        "eval_best": agg(max, evals),
+        # the best checkpoint once training has started (step 0 is the shared starting model: a run
+        # that only degrades would otherwise tie every other run at its start)
+        "eval_best": agg(max, trained),
         "reward_best": agg(max, series("rollout/reward_mean")),
         "clipfrac_mean": agg(np.mean, series("actor/pg_clipfrac")),
         "accept_mean": agg(np.mean, series("actor/traj_accept_rate")),
