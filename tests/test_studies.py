@@ -20,9 +20,13 @@ def test_every_condition_builds_a_valid_config(tmp_path):
                                            run_dir=tmp_path / "r", extra=[])
                 config = load_config(None, args)
                 expected = 0 if not cond.stale else (
-                    d.QUICK_STALENESS if quick else d.TESTBED_STALENESS if scale == "testbed"
-                    else study.paper_scale["stale.staleness"])
+                    d.QUICK_STALENESS if quick else study.testbed_scale.get("stale.staleness", d.TESTBED_STALENESS)
+                    if scale == "testbed" else study.paper_scale["stale.staleness"])
                 assert config.stale.staleness == expected
+                if scale == "testbed" and not quick:
+                    for key, value in study.testbed_scale.items():  # the study's own setting wins
+                        section, name = key.split(".")
+                        assert getattr(getattr(config, section), name) == value
                 assert config.objective.name == cond.objective
 
 
@@ -36,9 +40,25 @@ def test_paper_scale_uses_the_papers_batch_and_model(tmp_path):
     assert config.stale.staleness == 256 and config.optim.lr == 1e-6
 
 
+def test_each_study_keeps_its_papers_own_setting(tmp_path):
+    """MinPRO delays rollouts by n = 2 global steps of 16 updates; AC-MIS-PO samples 4 responses."""
+    minpro, ac = d.STUDIES["minpro"], d.STUDIES["ac-mispo"]
+    stale = next(c for c in minpro.conditions if c.stale)
+    paper = load_config(None, condition_overrides(minpro, stale, scale="paper", quick=False, seed=0,
+                                                  run_dir=tmp_path, extra=[]))
+    assert (paper.model.path, paper.rollout.prompts_per_step, paper.optim.mini_batches) == ("Qwen/Qwen3-8B-Base", 512, 16)
+    assert paper.stale.staleness == 2 * paper.optim.mini_batches and paper.steps == 120
+    testbed = load_config(None, condition_overrides(minpro, stale, scale="testbed", quick=False, seed=0,
+                                                    run_dir=tmp_path, extra=[]))
+    assert testbed.stale.staleness == 2 * testbed.optim.mini_batches  # the same two batches of delay
+    ac_paper = load_config(None, condition_overrides(ac, ac.conditions[0], scale="paper", quick=False, seed=0,
+                                                     run_dir=tmp_path, extra=[]))
+    assert (ac_paper.rollout.group_size, ac_paper.optim.lr, ac_paper.stale.staleness) == (4, 2e-6, 256)
+
+
 def _stats(**kw):
-    base = {k: math.nan for k in ("eval_best", "reward_best", "clipfrac_mean", "accept_mean",
-                                  "accepted_std_mean", "accept_m2_pearson")}
+    base = {k: math.nan for k in ("eval_best", "eval_final", "reward_best", "clipfrac_mean", "accept_mean",
+                                  "accepted_std_mean", "accept_m2_pearson", "bound_first", "bound_last")}
     base.update(kw)
     return base
 
@@ -53,6 +73,20 @@ def test_verdicts_follow_the_numbers():
     rows = verdicts(study, stats)
     assert [r["reproduced"] for r in rows] == [True, False, True]
     assert "40.0%" in rows[0]["testbed"] and "10.0%" in rows[0]["testbed"]
+
+
+def test_bound_and_stability_claims_read_the_right_numbers():
+    ac = d.STUDIES["ac-mispo"]
+    bound = next(i for i, c in enumerate(ac.claims) if "tightens" in c.text)
+    pinned = verdicts(ac, {"ac_mispo": [_stats(bound_first=0.00995, bound_last=0.00995)]})[bound]
+    tightened = verdicts(ac, {"ac_mispo": [_stats(bound_first=0.00995, bound_last=0.0002)]})[bound]
+    assert (pinned["reproduced"], tightened["reproduced"]) == (False, True)
+    assert "0.0002" in tightened["testbed"]
+    minpro = d.STUDIES["minpro"]
+    stable = next(i for i, c in enumerate(minpro.claims) if "collapses" in c.text)
+    row = verdicts(minpro, {"minpro": [_stats(eval_best=0.2, eval_final=0.15)],
+                            "cispo": [_stats(eval_best=0.25, eval_final=0.0)]})[stable]
+    assert row["reproduced"] is True and "15.0%" in row["testbed"]
 
 
 def test_missing_numbers_give_no_verdict():

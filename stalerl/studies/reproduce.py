@@ -20,15 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from stalerl.studies.definitions import (
-    PAPER_OVERRIDES,
-    QUICK_OVERRIDES,
-    QUICK_STALENESS,
-    STUDIES,
-    TESTBED_OVERRIDES,
-    TESTBED_STALENESS,
-    Study,
-)
+from stalerl.studies.definitions import PAPER_OVERRIDES, QUICK_OVERRIDES, STUDIES, TESTBED_OVERRIDES, Study
 from stalerl.training.logger import read_jsonl
 
 
@@ -36,17 +28,23 @@ def condition_overrides(study: Study, condition, *, scale: str, quick: bool, see
                         extra: list[str]) -> list[str]:
     """The ``stalerl train`` overrides of one condition and seed."""
     if scale == "paper":
-        base, staleness = PAPER_OVERRIDES + [f"{k}={v}" for k, v in study.paper_scale.items() if k != "stale.staleness"], \
-            study.paper_scale.get("stale.staleness", 256)
+        base = _merge(PAPER_OVERRIDES, study.paper_scale)
     elif quick:
-        base, staleness = QUICK_OVERRIDES, QUICK_STALENESS
+        base = list(QUICK_OVERRIDES)
     else:
-        base, staleness = TESTBED_OVERRIDES, TESTBED_STALENESS
+        base = _merge(TESTBED_OVERRIDES, study.testbed_scale)
+    staleness = study.staleness(scale, quick)
     out = list(base)
     out += [f"objective.name={condition.objective}", f"stale.staleness={staleness if condition.stale else 0}",
             f"seed={seed}", f"run_dir={run_dir}"]
     out += [f"objective.hparams.{k}={v}" for k, v in condition.hparams.items()]
     return out + list(extra)
+
+
+def _merge(base: list[str], study_scale: dict[str, Any]) -> list[str]:
+    """``base`` overrides with the study's own values replacing those of the same key (staleness aside)."""
+    own = {k: v for k, v in study_scale.items() if k != "stale.staleness"}
+    return [o for o in base if o.split("=", 1)[0] not in own] + [f"{k}={v}" for k, v in own.items()]
 
 
 def run_stats(run_dir: Path) -> dict[str, Any]:
@@ -74,6 +72,9 @@ def run_stats(run_dir: Path) -> dict[str, Any]:
         "accept_mean": agg(np.mean, series("actor/traj_accept_rate")),
         "accepted_std_mean": agg(np.mean, series("actor/accepted_log_ratio_std")),
         "grad_norm_mean": agg(np.mean, series("train/grad_norm", updates)),
+        # AC-MIS-PO's adaptive trajectory log-bound b_k (per update): where it started and ended
+        "bound_first": (series("actor/traj_bound", updates) or [None])[0],
+        "bound_last": (series("actor/traj_bound", updates) or [None])[-1],
         "crashed_at": summary.get("crashed_at"),
         "steps_done": summary.get("steps_done"),
     }
