@@ -128,4 +128,21 @@ def test_quick_mispo_mechanism(tmp_path, tiny_overrides):
 @pytest.mark.slow
 @pytest.mark.parametrize("study", ["prosperity", "ac-mispo", "minpro"])
 def test_quick_study(study, tmp_path, tiny_overrides):
-    _quick(study, tmp_path, tiny_overrides)
+    out = _quick(study, tmp_path, tiny_overrides)
+    if study == "ac-mispo":  # MIS-PO fixed at the bound the ac_mispo runs ended with
+        stats = json.loads((out / "stats.json").read_text())
+        bound = sum(s["bound_last"] for s in stats["ac_mispo"]) / len(stats["ac_mispo"])
+        config = load_config(out / "runs" / "mispo_fixed_testbed_final-seed0" / "config.yaml")
+        hparams = config.objective.hparams
+        assert hparams["traj_low"] == pytest.approx(math.exp(-bound), abs=1e-6)
+        assert hparams["traj_high"] == pytest.approx(math.exp(bound), abs=1e-6)
+        plan = json.loads((out / "plan.json").read_text())
+        assert f"objective.hparams.traj_high={hparams['traj_high']}" in plan[-1]["command"]
+
+
+def test_derived_bound_is_the_mean_final_bound_of_ac_mispo():
+    cond = next(c for c in d.STUDIES["ac-mispo"].conditions if c.derive is not None)
+    got = cond.derive({"ac_mispo": [_stats(bound_last=0.002), _stats(bound_last=0.004)]})
+    assert got == {"traj_low": pytest.approx(math.exp(-0.003), abs=1e-6), "traj_high": pytest.approx(math.exp(0.003), abs=1e-6)}
+    with pytest.raises(ValueError, match="ac_mispo runs logged no trajectory bound"):
+        cond.derive({"ac_mispo": [_stats()]})

@@ -16,6 +16,7 @@ everything to a smoke test whose verdicts are not meaningful.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -34,8 +35,13 @@ class Condition:
     name: str
     objective: str
     hparams: dict[str, Any] = field(default_factory=dict)
+    """Objective hyperparameters (``objective.hparams.<key>=<value>`` overrides)."""
     stale: bool = True
     """True: the study's staleness S; False: on-policy (s = 0)."""
+    derive: Callable[[dict[str, list[dict[str, Any]]]], dict[str, Any]] | None = None
+    """Hyperparameters computed, at run time, from the statistics of the conditions listed before
+    this one (e.g. the bound AC-MIS-PO converged to); they replace ``hparams``, which then only
+    stand in for them in ``--dry-run`` and in config checks."""
 
 
 @dataclass
@@ -93,6 +99,14 @@ def _better(runs, a: str, b: str, key: str, label: str, pct: bool = True) -> tup
     return f"{label}: {a} {_fmt(va, pct)} vs {b} {_fmt(vb, pct)}", bool(va > vb)
 
 
+def _close(runs, a: str, b: str, tolerance: float) -> tuple[str, bool | None]:
+    va, vb = mean(runs.get(a, []), "eval_best"), mean(runs.get(b, []), "eval_best")
+    text = f"best held-out accuracy: {a} {_fmt(va)} vs {b} {_fmt(vb)}"
+    if not (np.isfinite(va) and np.isfinite(vb)):
+        return text, None
+    return text, bool(abs(va - vb) <= tolerance)
+
+
 def _highest(runs, winner: str, key: str, label: str) -> tuple[str, bool | None]:
     values = {c: mean(s, key) for c, s in runs.items()}
     finite = {c: v for c, v in values.items() if np.isfinite(v)}
@@ -100,6 +114,14 @@ def _highest(runs, winner: str, key: str, label: str) -> tuple[str, bool | None]
     if winner not in finite:
         return text, None
     return text, bool(finite[winner] >= max(finite.values()))
+
+
+def _ac_final_bound(runs) -> dict[str, Any]:
+    """MIS-PO trajectory bounds [exp(-b), exp(b)] at the last bound b of the ac_mispo runs (mean of seeds)."""
+    b = mean(runs.get("ac_mispo", []), "bound_last")
+    if not np.isfinite(b):
+        raise ValueError("the ac_mispo runs logged no trajectory bound (actor/traj_bound) to fix MIS-PO at")
+    return {"traj_low": round(math.exp(-b), 6), "traj_high": round(math.exp(b), 6)}
 
 
 # ------------------------------------------------------------------ the studies
@@ -176,17 +198,24 @@ AC_MISPO = Study(
         Condition("m2po", "m2po"),
         Condition("ac_mispo", "ac_mispo"),
         Condition("mispo_fixed_final", "mispo_fixed_final"),
+        # the paper's ablation done on the testbed's own numbers: MIS-PO fixed at the bound the
+        # testbed's AC-MIS-PO ended with (the paper's final bound is a 1.7B model's)
+        Condition("mispo_fixed_testbed_final", "mispo", hparams={"traj_low": 0.998, "traj_high": 1.002},
+                  derive=_ac_final_bound),
     ],
     claims=[
         Claim("AC-MIS-PO reaches the best accuracy", "32.57% vs Fixed MIS-PO 18.67%, M2PO 18.40%, GRPO 6.57%",
               lambda r: _highest(r, "ac_mispo", "eval_best", "best held-out accuracy")),
         Claim("adaptive bounds beat fixed default bounds", "AC-MIS-PO 32.57% vs Fixed MIS-PO [0.996,1.001] 18.67%",
               lambda r: _better(r, "ac_mispo", "mispo", "eval_best", "best held-out accuracy")),
-        Claim("bound magnitude is the main driver: fixed-at-final-bound is close to AC-MIS-PO (within 3 points)",
+        Claim("bound magnitude is the main driver: MIS-PO fixed at the paper's final bound [0.9998, 1.0002] is "
+              "close to AC-MIS-PO (within 3 points)",
               "Fixed-at-Final-Bound 31.43% vs AC-MIS-PO 32.57%",
-              lambda r: (lambda a, b: (f"fixed-final {_fmt(a)} vs ac_mispo {_fmt(b)}",
-                                       None if not (np.isfinite(a) and np.isfinite(b)) else bool(abs(a - b) <= 0.03)))(
-                  mean(r.get("mispo_fixed_final", []), "eval_best"), mean(r.get("ac_mispo", []), "eval_best"))),
+              lambda r: _close(r, "mispo_fixed_final", "ac_mispo", 0.03)),
+        Claim("bound magnitude is the main driver: MIS-PO fixed at the bound the testbed's AC-MIS-PO ended with "
+              "is close to AC-MIS-PO (within 3 points)",
+              "Fixed-at-Final-Bound 31.43% vs AC-MIS-PO 32.57% (there, the final bound is AC-MIS-PO's own)",
+              lambda r: _close(r, "mispo_fixed_testbed_final", "ac_mispo", 0.03)),
         Claim("the controller tightens the trajectory bound as training proceeds",
               "Sec. 4.3: b_k starts at b_max = 0.00995 and converges to about 0.0002 by step 200",
               lambda r: (lambda a, b: (f"ac_mispo log-bound b: first update {_fmt(a, False)}, last update {_fmt(b, False)}",

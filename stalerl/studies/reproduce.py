@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -147,11 +148,11 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
             args = condition_overrides(study, condition, scale=scale, quick=quick, seed=seed, run_dir=run_dir,
                                        extra=overrides or [])
             plan.append((condition, seed, run_dir, args))
-    (out / "plan.json").write_text(json.dumps([{"condition": c.name, "seed": s, "run_dir": str(d),
-                                                "command": "stalerl train " + " ".join(a)} for c, s, d, a in plan], indent=2))
+    _write_plan(out, plan)
     if dry_run:
-        for _, _, _, args in plan:
-            print("stalerl train " + " ".join(args))
+        for condition, _, _, args in plan:
+            note = "   # hyperparameters derived at run time from the earlier conditions" if condition.derive else ""
+            print("stalerl train " + " ".join(args) + note)
         return out
     if scale == "paper":
         import torch
@@ -161,6 +162,12 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
                              "for the model and DeepScaleR); use --dry-run to print the commands")
     stats: dict[str, list[dict[str, Any]]] = {}
     for i, (condition, seed, run_dir, args) in enumerate(plan, 1):
+        if condition.derive is not None:  # hyperparameters from the conditions run before this one
+            derived = replace(condition, hparams=condition.derive(stats))
+            args = condition_overrides(study, derived, scale=scale, quick=quick, seed=seed, run_dir=run_dir,
+                                       extra=overrides or [])
+            plan[i - 1] = (derived, seed, run_dir, args)
+            _write_plan(out, plan)
         if not (run_dir / "summary.json").exists():
             print(f"[{study_name}] {i}/{len(plan)}: {condition.name} seed {seed}")
             config = load_config(None, args + ([] if progress else ["progress=false"]))
@@ -171,6 +178,11 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
     _report(out, [d for _, _, d, _ in plan], study.title)
     print((out / "verdicts.md").read_text())
     return out
+
+
+def _write_plan(out: Path, plan) -> None:
+    (out / "plan.json").write_text(json.dumps([{"condition": c.name, "seed": s, "run_dir": str(d),
+                                                "command": "stalerl train " + " ".join(a)} for c, s, d, a in plan], indent=2))
 
 
 def _report(out: Path, run_dirs: list[Path], title: str) -> None:
