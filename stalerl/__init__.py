@@ -5,10 +5,38 @@ the stale-k buffer (:mod:`stalerl.staleness`), generation (:mod:`stalerl.rollout
 rewards (:mod:`stalerl.rewards`), data (:mod:`stalerl.data`), the embedded CPU testbed
 (:mod:`stalerl.testbed`), the training loop (:mod:`stalerl.training`), evaluation and reports
 (:mod:`stalerl.evaluation`), and integrations with verl and TRL (:mod:`stalerl.integrations`).
+
+A run from Python (the same as ``stalerl train --config testbed steps=20``)::
+
+    from stalerl import load_config, train
+
+    config = load_config("testbed", ["steps=20", "objective.name=m2po"])  # shipped config + overrides
+    result = train(config)                 # a RunResult; a run that crashed is a result too
+    print(result.run_dir, result.crashed_at, result.final_metrics["rollout/reward_mean"])
+
+``train``, ``RunResult``, ``TrainConfig``, ``load_config`` and ``ConfigError`` are imported on
+first use, so ``import stalerl`` does not load transformers or the training loop.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from stalerl import objectives  # the public contract: stalerl.objectives.build
+from stalerl._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-from stalerl import objectives  # noqa: E402  (the public contract: stalerl.objectives.build)
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from stalerl.training.config import ConfigError, TrainConfig, load_config
+    from stalerl.training.loop import RunResult, train
 
-__all__ = ["objectives", "__version__"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "train": "stalerl.training.loop",
+    "RunResult": "stalerl.training.loop",
+    "TrainConfig": "stalerl.training.config",
+    "load_config": "stalerl.training.config",
+    "ConfigError": "stalerl.training.config",
+})
+
+__all__ = ["train", "RunResult", "TrainConfig", "load_config", "ConfigError", "objectives", "__version__"]

@@ -2,6 +2,7 @@
 
     stalerl objectives                     list every objective, its summary and defaults
     stalerl train [--config F] [k=v ...]   the off-policy RL loop (default: the embedded testbed)
+    stalerl train --help-config [KEY]      every config key with its type, default and meaning
     stalerl train --resume RUN_DIR         continue a run exactly from its last checkpoint
     stalerl eval CHECKPOINT [...]          avg@n, maj@n, pass@k on benchmarks
     stalerl report RUN_DIR [RUN_DIR ...]   Markdown report with figures
@@ -41,6 +42,11 @@ def _fmt(value) -> str:
 
 
 def _cmd_train(args) -> int:
+    if args.help_config is not None:
+        from stalerl.training.config_help import config_help
+
+        print(config_help(args.help_config or None))
+        return 0
     from stalerl.training.config import load_config
     from stalerl.training.loop import train
 
@@ -119,7 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_objectives)
 
     p = sub.add_parser("train", help="run the off-policy RL loop (default: the embedded CPU testbed)")
-    p.add_argument("--config", help="YAML config file (sections: model, data, rollout, reward, objective, optim, stale, eval)")
+    p.add_argument("--config", help="YAML config file (sections: model, data, rollout, reward, objective, optim, stale, eval) "
+                                    "or the name of a shipped config: testbed, prosperity, mispo-mechanism, ac-mispo, minpro")
+    p.add_argument("--help-config", nargs="?", const="", metavar="KEY",
+                   help="print every config key (or those of section/key KEY) with its type, default and meaning; run nothing")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. objective.name=grpo stale.staleness=0")
     p.set_defaults(func=_cmd_train)

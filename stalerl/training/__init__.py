@@ -1,0 +1,62 @@
+"""The ``stalerl train`` loop and its configuration.
+
+* :func:`train` -- the off-policy RL loop on stale rollouts (:mod:`stalerl.training.loop`),
+  returning a :class:`RunResult`.
+* :class:`TrainConfig` and its sections, :func:`load_config` (defaults <- YAML file <- overrides),
+  :class:`ConfigError` (:mod:`stalerl.training.config`); :func:`config_help` prints every key.
+* :func:`group_advantages` (GRPO advantages), :func:`completion_log_probs` (the memory-light
+  log-prob path), checkpoints (:mod:`stalerl.training.checkpoint`) and the run logger.
+
+Everything is imported on first use: :mod:`stalerl.rollout` imports the log-prob module of this
+package, and the loop imports :mod:`stalerl.rollout`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from stalerl._lazy import lazy_exports
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from stalerl.training.advantages import group_advantages
+    from stalerl.training.config import (
+        ConfigError, DataConfig, EvalConfig, ModelConfig, ObjectiveSection, OptimConfig, RewardConfig,
+        RolloutConfig, StalenessConfig, TrainConfig, load_config, packaged_configs, to_dict, validate,
+    )
+    from stalerl.training.config_help import config_help
+    from stalerl.training.logger import read_jsonl
+    from stalerl.training.logprobs import completion_log_probs
+    from stalerl.training.loop import RunResult, TrainingCrashed, train
+
+_CONFIG = "stalerl.training.config"
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "train": "stalerl.training.loop",
+    "RunResult": "stalerl.training.loop",
+    "TrainingCrashed": "stalerl.training.loop",
+    "TrainConfig": _CONFIG,
+    "ModelConfig": _CONFIG,
+    "DataConfig": _CONFIG,
+    "RolloutConfig": _CONFIG,
+    "RewardConfig": _CONFIG,
+    "ObjectiveSection": _CONFIG,
+    "OptimConfig": _CONFIG,
+    "StalenessConfig": _CONFIG,
+    "EvalConfig": _CONFIG,
+    "ConfigError": _CONFIG,
+    "load_config": _CONFIG,
+    "packaged_configs": _CONFIG,
+    "to_dict": _CONFIG,
+    "validate": _CONFIG,
+    "config_help": "stalerl.training.config_help",
+    "group_advantages": "stalerl.training.advantages",
+    "completion_log_probs": "stalerl.training.logprobs",
+    "read_jsonl": "stalerl.training.logger",
+})
+
+__all__ = [
+    "train", "RunResult", "TrainingCrashed",
+    "TrainConfig", "ModelConfig", "DataConfig", "RolloutConfig", "RewardConfig", "ObjectiveSection",
+    "OptimConfig", "StalenessConfig", "EvalConfig", "ConfigError", "load_config", "packaged_configs",
+    "to_dict", "validate", "config_help",
+    "group_advantages", "completion_log_probs", "read_jsonl",
+]
