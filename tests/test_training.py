@@ -27,6 +27,7 @@ from stalerl.training.loop import train
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CHECKS = f"{FIXTURES / 'verifier_checks.py'}:check"
+NAN_OBJECTIVE = f"objective.name={FIXTURES / 'nan_objective.py'}:NaNAtUpdates"  # GRPO, NaN at chosen updates
 
 
 def _steps(run_dir: Path) -> list[dict]:
@@ -234,7 +235,6 @@ def test_save_checkpoint_prunes_and_ignores_incomplete(tmp_path, tiny_testbed):
 
 
 def test_nan_update_is_skipped_and_counted(make_config, monkeypatch):
-    monkeypatch.setenv("STALERL_INJECT_NAN_UPDATES", "2")
     seen = {}
     real_update = loop.update
 
@@ -249,7 +249,7 @@ def test_nan_update_is_skipped_and_counted(make_config, monkeypatch):
         return out
 
     monkeypatch.setattr(loop, "update", spy)
-    result = train(make_config("steps=2", "stale.staleness=0", "objective.name=grpo"))
+    result = train(make_config("steps=2", "stale.staleness=0", NAN_OBJECTIVE, "objective.hparams={nan_from: 2}"))
     assert result.crashed_at is None and result.steps_done == 2
     assert seen[2] == (True, True)  # the skipped update changed neither weights nor AdamW state
     assert seen[1] == (False, False) and seen[3] == (False, False)  # the others did
@@ -265,10 +265,9 @@ def test_nan_update_is_skipped_and_counted(make_config, monkeypatch):
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-def test_nonfinite_updates_in_a_row_crash_the_run_as_a_result(make_config, monkeypatch):
-    monkeypatch.setenv("STALERL_INJECT_NAN_UPDATES", ",".join(str(i) for i in range(2, 40)))
+def test_nonfinite_updates_in_a_row_crash_the_run_as_a_result(make_config):
     config = make_config("steps=5", "stale.staleness=0", "checkpoint_every=1", "optim.max_nonfinite_in_row=3",
-                         "objective.name=grpo")
+                         NAN_OBJECTIVE, "objective.hparams={nan_from: 2, nan_count: 38}")
     result = train(config)
     # step 1 fine; step 2: updates 2, 3 skipped; step 3: update 4 is the third in a row
     assert result.crashed_at == 3 and result.steps_done == 2
@@ -294,9 +293,10 @@ def test_nonfinite_updates_in_a_row_crash_the_run_as_a_result(make_config, monke
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), step1.parameters()))
 
 
-def test_cli_crash_exits_3_with_one_line(tiny_overrides, monkeypatch, capsys):
-    monkeypatch.setenv("STALERL_INJECT_NAN_UPDATES", "0,1")
-    code = cli_main(["train", *tiny_overrides("steps=3", "stale.staleness=0", "optim.max_nonfinite_in_row=1")])
+def test_cli_crash_exits_3_with_one_line(tiny_overrides, capsys):
+    # the NaN comes from the command line, through a user objective file
+    code = cli_main(["train", *tiny_overrides("steps=3", "stale.staleness=0", "optim.max_nonfinite_in_row=1",
+                                              NAN_OBJECTIVE, "objective.hparams={nan_from: 0, nan_count: 2}")])
     assert code == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("stalerl: run crashed at step 1:")

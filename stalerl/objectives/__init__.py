@@ -1,12 +1,19 @@
 """Every policy objective of the seed papers behind one contract (SPEC §2).
 
+>>> import torch
 >>> from stalerl import objectives
 >>> objectives.available()[:3]
 ['grpo', 'no_tr', 'gspo']
 >>> obj = objectives.build("m2po", tau=0.04)
->>> # out = obj(log_prob, old_log_prob, advantages, response_mask); out.loss, out.metrics
+>>> log_prob = torch.zeros(2, 3, requires_grad=True)          # (B, T) current policy
+>>> out = obj(log_prob, torch.zeros(2, 3), torch.tensor([1.0, 0.0]), torch.ones(2, 3))
+>>> out.loss.item(), out.loss.requires_grad                  # -(r * A) over 6 tokens, r = 1
+(-0.5, True)
+>>> out.loss.backward()                                      # out.metrics: dict[str, float]
 
-``build`` also takes the name of a preset (a paper's setting), see :data:`PRESETS`.
+``build`` also takes the name of a preset (a paper's setting), see :data:`PRESETS`, or a user's
+own :class:`Objective` subclass as ``"path/to/file.py:ClassName"`` or ``"package.module:ClassName"``
+(``objective.name=...`` on the command line), checked against the same contract.
 """
 
 from __future__ import annotations
@@ -57,19 +64,69 @@ def available(presets: bool = False) -> list[str]:
 
 
 def build(name: str, **hparams: Any) -> Objective:
-    """Build an objective by name (or preset name) with keyword hyperparameters.
+    """Build an objective by name, preset name or ``"file.py:ClassName"`` with keyword hyperparameters.
 
-    Unknown names and unknown hyperparameters raise ``ValueError`` naming them. Keyword
-    arguments override a preset's values.
+    Unknown names, unknown hyperparameters and user classes that break the :class:`Objective`
+    contract raise ``ValueError`` naming them. Keyword arguments override a preset's values.
     """
+    cls, preset_hparams = _resolve(name)
+    return cls(**{**preset_hparams, **hparams})
+
+
+def _resolve(name: str) -> tuple[type[Objective], dict[str, Any]]:
+    """The class and preset hyperparameters behind an objective name, preset or user class path."""
     if name in PRESETS:
         base, preset_hparams, _ = PRESETS[name]
-        return REGISTRY[base](**{**preset_hparams, **hparams})
-    if name not in REGISTRY:
+        return REGISTRY[base], dict(preset_hparams)
+    if name in REGISTRY:
+        return REGISTRY[name], {}
+    if isinstance(name, str) and ":" in name:
+        return load_objective_class(name), {}
+    raise ValueError(
+        f"unknown objective {name!r}; available: {', '.join(available())}; presets: {', '.join(PRESETS)}; "
+        "or your own Objective subclass as 'path/to/file.py:ClassName'"
+    )
+
+
+def load_objective_class(spec: str) -> type[Objective]:
+    """Import a user's objective class from ``"path/to/file.py:ClassName"`` or ``"package.module:ClassName"``.
+
+    The class must subclass :class:`Objective`, set ``name``, implement ``compute`` (and
+    ``compute_stats`` when ``uses_batch_stats``), and have a dataclass ``config_class`` deriving
+    from :class:`ObjectiveConfig`; each violation is a ``ValueError`` that says what to add.
+    """
+    # the reward loader's importer: it runs a file by path or imports a module, stdlib only
+    from stalerl.rewards.verifier import _import_object
+
+    try:
+        cls = _import_object(spec)
+    except AttributeError as err:
+        raise ValueError(f"objective {spec!r}: class not found in that module ({err})") from None
+    except Exception as err:  # the user's module may raise anything while it is imported
         raise ValueError(
-            f"unknown objective {name!r}; available: {', '.join(available())}; presets: {', '.join(PRESETS)}"
+            f"objective {spec!r}: cannot import it ({type(err).__name__}: {err}); give "
+            "'path/to/file.py:ClassName' or 'package.module:ClassName'"
+        ) from err
+    where = f"objective {spec!r}"
+    if not (isinstance(cls, type) and issubclass(cls, Objective)):
+        raise ValueError(
+            f"{where} is a {type(cls).__name__}, not a subclass of stalerl.objectives.Objective; "
+            "subclass Objective (or an objective such as stalerl.objectives.GRPO) and implement compute()"
         )
-    return REGISTRY[name](**hparams)
+    if not isinstance(getattr(cls, "name", None), str):
+        raise ValueError(f"{where}: set the class attribute name = '...' (the name its metrics and runs show)")
+    if cls.compute is Objective.compute:
+        raise ValueError(
+            f"{where}: implement compute(self, log_prob, old_log_prob, advantages, mask, rollout_log_prob, "
+            "batch_stats) returning (per-token loss (B, T), aggregation mask (B, T), metrics, extras)"
+        )
+    if cls.uses_batch_stats and cls.compute_stats is Objective.compute_stats:
+        raise ValueError(f"{where}: uses_batch_stats is True, so implement compute_stats() to fill stats.payload")
+    config_class = getattr(cls, "config_class", None)
+    if not (isinstance(config_class, type) and dataclasses.is_dataclass(config_class)
+            and issubclass(config_class, ObjectiveConfig)):
+        raise ValueError(f"{where}: config_class must be a @dataclass subclass of stalerl.objectives.ObjectiveConfig")
+    return cls
 
 
 def register(cls: type[Objective]) -> type[Objective]:
@@ -79,13 +136,9 @@ def register(cls: type[Objective]) -> type[Objective]:
 
 
 def defaults(name: str) -> dict[str, Any]:
-    """The default hyperparameters of an objective or preset."""
-    if name in PRESETS:
-        base, preset_hparams, _ = PRESETS[name]
-        return {**defaults(base), **preset_hparams}
-    if name not in REGISTRY:
-        raise ValueError(f"unknown objective {name!r}; available: {', '.join(available())}")
-    return {f.name: f.default for f in dataclasses.fields(REGISTRY[name].config_class)}
+    """The default hyperparameters of an objective, preset or user class path."""
+    cls, preset_hparams = _resolve(name)
+    return {**{f.name: f.default for f in dataclasses.fields(cls.config_class)}, **preset_hparams}
 
 
 def describe() -> list[dict[str, Any]]:
@@ -96,6 +149,8 @@ def describe() -> list[dict[str, Any]]:
 
 
 __all__ = [
-    "available", "build", "register", "defaults", "describe", "REGISTRY", "PRESETS",
+    "available", "build", "register", "defaults", "describe", "load_objective_class", "REGISTRY", "PRESETS",
     "Objective", "ObjectiveConfig", "ObjectiveOutput", "BatchStats",
+    "GRPO", "NoTrustRegion", "GSPO", "GSPOToken", "CISPO", "M2PO", "M2POCapped", "MISPO", "MISPOTokenOnly",
+    "MISPORandomTraj", "ACMISPO", "MinPRO", "TIS",
 ]

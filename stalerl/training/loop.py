@@ -23,7 +23,6 @@ last good checkpoint intact. Checkpoints are atomic and ``resume`` continues exa
 from __future__ import annotations
 
 import math
-import os
 import random
 import sys
 import time
@@ -125,7 +124,8 @@ def load_policy(config: TrainConfig, progress: bool = True):
 
 def default_run_dir(config: TrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{config.objective.name}-s{config.stale.staleness}-{stamp}"
+    name = config.objective.name.rpartition(":")[2]  # a user class "path/file.py:Class" -> "Class"
+    return Path("runs") / f"{name}-s{config.stale.staleness}-{stamp}"
 
 
 def seed_everything(seed: int) -> None:
@@ -257,8 +257,6 @@ def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch
             rollout_log_prob=micro.get("rollout_log_prob"), batch_stats=stats,
         )
         loss = out.loss
-        if _inject_nan(state.updates):
-            loss = loss * float("nan")
         if not torch.isfinite(loss):
             finite = False
             break
@@ -307,12 +305,6 @@ def _record_diagnostics(diag, out, log_prob, micro, entropy, per_micro: int = 64
         pick = torch.linspace(0, ratio.numel() - 1, min(per_micro, ratio.numel())).long()
         diag["ratio"] += ratio[pick].float().cpu().tolist()
         diag["entropy"] += ent[pick].float().cpu().tolist()
-
-
-def _inject_nan(update_index: int) -> bool:
-    """Testing hook: ``STALERL_INJECT_NAN_UPDATES="3,4,5"`` makes those updates' loss NaN."""
-    spec = os.environ.get("STALERL_INJECT_NAN_UPDATES")
-    return bool(spec) and str(update_index) in spec.split(",")
 
 
 # ============================================================================ evaluation
