@@ -1,9 +1,10 @@
-"""stalerl's objectives inside TRL 1.16.0's ``GRPOTrainer``.
+"""stalerl's objectives inside TRL 1.16.0's ``GRPOTrainer``::
 
->>> from stalerl.integrations.trl import StaleRLGRPOConfig, StaleRLGRPOTrainer
->>> args = StaleRLGRPOConfig(output_dir="out", objective="m2po", objective_kwargs={"tau": 0.04},
-...                          steps_per_generation=4)                                # doctest: +SKIP
->>> trainer = StaleRLGRPOTrainer(model=..., reward_funcs=..., args=args, train_dataset=...)  # doctest: +SKIP
+    from stalerl.integrations.trl import StaleRLGRPOConfig, StaleRLGRPOTrainer
+
+    args = StaleRLGRPOConfig(output_dir="out", objective="m2po", objective_kwargs={"tau": 0.04},
+                             steps_per_generation=4)
+    trainer = StaleRLGRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=dataset)
 
 ``objective``/``objective_kwargs`` may also be given to the trainer's constructor (they override the
 config's). Everything else is TRL's: generation, rewards, group advantages, vLLM, logging.

@@ -238,12 +238,12 @@ def _worker_main(config, model_path: str, start_batch: int, end_batch: int, samp
 
 
 class AsyncRolloutWorker:
-    """Handle on the rollout worker process (low level; the loop uses :class:`AsyncRollouts`).
+    """Handle on the rollout worker process (low level; the loop uses :class:`AsyncRollouts`)::
 
-    >>> w = AsyncRolloutWorker(config, model_path, start_batch=0, end_batch=steps, sampler_state=st)
-    >>> w.start(); w.send_snapshot(model, version=0)
-    >>> k, batch, sampler_state = w.get()        # blocks; raises AsyncWorkerError if the worker failed
-    >>> w.close()
+        w = AsyncRolloutWorker(config, model_path, start_batch=0, end_batch=steps, sampler_state=st)
+        w.start(); w.send_snapshot(model, version=0)
+        k, batch, sampler_state = w.get()        # blocks; raises AsyncWorkerError if the worker failed
+        w.close()
     """
 
     def __init__(self, config, model_path: str, *, start_batch: int, end_batch: int, sampler_state: dict,

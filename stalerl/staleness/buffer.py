@@ -62,8 +62,19 @@ class RolloutBatch:
 class StaleBuffer:
     """FIFO of :class:`RolloutBatch` implementing stale-k.
 
-    >>> buf = StaleBuffer(staleness=8, mini_batches=4)   # holds 2 batches before consuming
-    >>> buf.push(batch); buf.ready()                     # False until 3 batches are queued
+    >>> def batch(version: int) -> RolloutBatch:           # a stand-in batch of 4 trajectories
+    ...     z = torch.zeros(4, 2)
+    ...     return RolloutBatch(z.long(), z.long(), z.long(), z, z[:, 0], z[:, 0], policy_version=version)
+    >>> buf = StaleBuffer(staleness=8, mini_batches=4)   # a delay of 8 / 4 = 2 generation batches
+    >>> ready = []
+    >>> for _ in range(3):                                # the fill-up, from the initial policy
+    ...     ready.append(buf.ready()); buf.push(batch(0))
+    >>> ready
+    [False, False, False]
+    >>> buf.ready(), buf.pop().policy_version             # consumed by updates 0..3
+    (True, 0)
+    >>> expected_policy_version(first_update=12, staleness=8)   # batch 3 is generated after 4 updates
+    4
     """
 
     def __init__(self, staleness: int, mini_batches: int) -> None:

@@ -6,10 +6,10 @@ its worked solution reduces the expression one operation at a time, in the order
 would (parentheses first, then ``*`` left to right, then ``+``/``-`` left to right)::
 
     >>> p = generate_problems(1, seed=0, levels=(2,))[0]
-    >>> p.prompt                                # doctest: +SKIP
-    'Q: 3+4*2=? A: '
-    >>> p.solution                              # doctest: +SKIP
-    '4*2=8. 3+8=11. \\boxed{11}'
+    >>> p.prompt
+    'Q: 19-9*3=? A: '
+    >>> p.solution
+    '9*3=27. 19-27=-8. \\\\boxed{-8}'
 
 Difficulty levels:
 
