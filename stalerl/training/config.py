@@ -120,7 +120,8 @@ class RewardConfig:
     format_score: float = 0.1
     """Reward of an extracted but wrong answer (M2PO paper 0.1; released code 0.0)."""
     timeout_s: float = 5.0
-    """Seconds per check before the worker is killed and the sample scores 0 (counted)."""
+    """Seconds per check before the worker is killed; the answer then counts as extracted but wrong
+    (``format_score``) and is counted under ``rollout/count_timeout``."""
     memory_limit_mb: int = 1024
     """Address-space limit of each verifier worker."""
     num_workers: int = 2
