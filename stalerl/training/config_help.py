@@ -30,7 +30,7 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
         body = tree.body[0].body  # type: ignore[attr-defined]
-        for node, after in zip(body, body[1:] + [None]):
+        for node, after in zip(body, [*body[1:], None], strict=True):
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
                 doc = ""
                 if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant) \
