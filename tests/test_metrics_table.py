@@ -47,13 +47,18 @@ def test_table_has_each_key_once_and_known_namespaces():
 
 
 def test_tiny_run_writes_only_listed_keys(make_config):
-    # math-verify reward (the rollout/count_* keys), staleness 2, evaluation every step
-    result = train(make_config("steps=2", "stale.staleness=2", "eval.every=1", "reward.function=null"))
+    # math-verify reward (the rollout/count_* keys), staleness 2, evaluation every step, and a NaN
+    # at update 3 that ends the run in step 2 (the crash event's keys)
+    nan_objective = Path(__file__).parent / "fixtures" / "nan_objective.py"
+    result = train(make_config("steps=3", "stale.staleness=2", "eval.every=1", "reward.function=null",
+                               f"objective.name={nan_objective}:NaNAtUpdates", "objective.hparams={nan_from: 3}",
+                               "optim.max_nonfinite_in_row=1"))
+    assert result.crashed_at == 2
     written = {}
     for name in ("metrics.jsonl", "updates.jsonl", "diagnostics.jsonl"):
         for record in read_jsonl(result.run_dir / name):
             written.update(dict.fromkeys(record, name))
-    assert {"rollout/count_ok", "eval/pass@1", "actor/m2_before", "train/staleness"} <= set(written)
+    assert {"rollout/count_ok", "eval/pass@1", "actor/pg_clipfrac", "train/staleness", "event", "reason"} <= set(written)
     assert {k: f for k, f in written.items() if not listed(k, KEYS)} == {}
 
 
