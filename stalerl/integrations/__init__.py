@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from stalerl.objectives.base import Objective
+from stalerl.objectives.base import BatchStats, Objective
 
 __all__ = ["per_token_loss"]
 
@@ -32,6 +32,7 @@ def per_token_loss(
     advantages: torch.Tensor,
     response_mask: torch.Tensor,
     rollout_log_prob: torch.Tensor | None = None,
+    batch_stats: BatchStats | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Per-token loss of one call, before aggregation.
 
@@ -45,9 +46,13 @@ def per_token_loss(
     ``stats_scope="micro"`` they are this call's alone. Stateful objectives (AC-MIS-PO's controller,
     RandomTraj's generator) advance once per call.
 
+    Given ``batch_stats`` (the whole mini-batch's, from ``obj.batch_stats``), a mini-batch scoped
+    objective uses them instead, as in stalerl's own loop.
+
     ``obj(...)`` itself equals ``core.aggregate(loss_mat, agg_mask, mode)`` of what this returns.
     """
-    out = obj.per_token_loss(log_prob, old_log_prob, advantages, response_mask, rollout_log_prob=rollout_log_prob)
+    out = obj.per_token_loss(log_prob, old_log_prob, advantages, response_mask, rollout_log_prob=rollout_log_prob,
+                             batch_stats=batch_stats)
     return out.loss_mat, out.agg_mask, out.metrics
 
 

@@ -27,7 +27,7 @@ verl's (a second registration would overwrite them). With verl 0.9.1:
    ``clip_ratio_low``/``clip_ratio_high`` (falling back to ``clip_ratio``) -> ``epsilon_low``/
    ``epsilon_high`` and ``clip_ratio_c`` -> ``dual_clip``, so ``stalerl_grpo``/``stalerl_cispo``
    reproduce verl's ``vanilla``/``cispo`` for the same config; objectives with mini-batch statistics
-   get ``stats_scope="micro"`` (see below);
+   keep stalerl's ``stats_scope="mini"`` (see below);
 3. the environment variable ``STALERL_HPARAMS``, a JSON object (``'{"tau": 0.04}'``);
 4. ``actor_rollout_ref.actor.policy_loss.stalerl``, a dict. verl's ``PolicyLossConfig`` refuses
    unknown keys, so select this module's subclass through verl's ``_target_`` mechanism::
@@ -41,18 +41,15 @@ go to verl's own ``agg_loss``; a ``loss_agg_mode``/``loss_scale_factor`` in the 
 overrides them for the policy loss only. verl's ``rollout_is_weights`` (rollout correction)
 multiply the per-token loss before aggregation, as in verl's built-in losses.
 
-**Per micro-batch.** verl calls a policy loss once per micro-batch and nowhere sees the whole
-mini-batch, so the mini-batch statistics of ``m2po``, ``m2po_capped``, ``mispo_random_traj`` and
-``ac_mispo`` are taken per micro-batch (``stats_scope="micro"``, like the released M2PO code), and
-stateful objectives step once per loss call: AC-MIS-PO's controller takes one step per
-micro-batch (scale ``warmup_steps`` by the number of micro-batches per mini-batch to keep the
-paper's schedule). ``stats_scope="mini"`` in the stalerl dict gathers the statistics over *all*
-ranks of the default process group at every call: that is only correct with the FSDP engine
-without Ulysses sequence parallelism (verl gives every data-parallel rank the same number of
-micro-batches, ``same_micro_num_in_dp=True``), and it then spans one micro-batch per rank, not the
-mini-batch; with Megatron pipeline parallelism it would deadlock. Objective state lives in a
-per-process cache (:func:`objective_cache`) keyed by (objective, hyperparameters); verl does not
-checkpoint it.
+**Mini-batch statistics.** verl calls a policy loss once per micro-batch. The batch statistics of
+``m2po``, ``m2po_capped``, ``mispo_random_traj`` and ``ac_mispo`` (M̂2, N_acc, the acceptance
+quantile) are the whole optimizer mini-batch's when the actor runs stalerl's worker
+(:mod:`stalerl.integrations.verl_actor`): it computes them in a no-grad pass before the
+micro-batches and hands them to this loss (:func:`stalerl.integrations.verl_minibatch.current_stats`);
+AC-MIS-PO's controller then steps once per mini-batch, identically on every rank, and is saved with
+verl's actor checkpoint. Without that worker the loss falls back to the statistics of each
+micro-batch alone and warns once per objective; ``stats_scope: micro`` in the stalerl dict selects
+that behaviour explicitly (the released M2PO code's) without a warning.
 
 **Limits.** verl passes no inference-engine log-probs to a policy loss, so ``reference="rollout"``
 MIS-PO is unavailable and ``tis`` is computed as the ``grpo`` loss times verl's own
@@ -64,13 +61,14 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
 from stalerl import objectives
-from stalerl.integrations import _as_plain, per_token_loss
+from stalerl.integrations import _as_plain, per_token_loss, verl_minibatch
 
 try:
     from verl.workers.config import PolicyLossConfig as _VerlPolicyLossConfig
@@ -92,6 +90,8 @@ _VERL_SUBSTITUTE = {"tis": "grpo"}
 _LOSS_FNS: dict[str, Callable] = {}
 _REGISTERED: dict[str, str] = {}
 _CACHE: dict[tuple[str, str], objectives.Objective] = {}
+_PENDING_STATE: dict[tuple[str, str], dict[str, Any]] = {}
+_WARNED: set[str] = set()
 
 
 @dataclass
@@ -158,7 +158,51 @@ def _build(name: str, hparams: dict[str, Any], cache: bool = True) -> objectives
     obj = _CACHE.get(key)
     if obj is None:
         obj = _CACHE[key] = objectives.build(base, **hparams)
+        if key in _PENDING_STATE:  # restored from a checkpoint before the first loss call
+            obj.load_state_dict(_PENDING_STATE.pop(key))
     return obj
+
+
+def objective_states() -> dict[str, dict[str, Any]]:
+    """The state of every stateful objective in this process, keyed by the JSON of its cache key
+    (what stalerl's verl worker writes into each actor checkpoint)."""
+    return {json.dumps(list(k)): obj.state_dict() for k, obj in _CACHE.items() if obj.state_dict()}
+
+
+def load_objective_states(states: dict[str, dict[str, Any]]) -> None:
+    """Restore :func:`objective_states` output: into cached objectives now, or when they are built."""
+    for text, state in states.items():
+        key = tuple(json.loads(text))
+        if key in _CACHE:
+            _CACHE[key].load_state_dict(state)
+        else:
+            _PENDING_STATE[key] = state
+
+
+def stats_objective(config: Any) -> objectives.Objective | None:
+    """The (cached) objective whose mini-batch statistics the verl actor config ``config`` needs
+    (``None`` when its loss is not stalerl's or has no mini-batch statistics, or ``stats_scope: micro``)."""
+    name = objective_name(_get(_get(config, "policy_loss"), "loss_mode"))
+    if name is None:
+        return None
+    hp = resolve_hparams(name, config)
+    hp.pop("loss_agg_mode", None)
+    hp.pop("loss_scale_factor", None)
+    obj = _build(name, hp)
+    return obj if obj.uses_batch_stats and obj.mini_batch_scoped else None
+
+
+def _micro_fallback(name: str, hp: dict[str, Any]) -> objectives.Objective:
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(
+            f"verl loss {name!r}: no mini-batch statistics from stalerl's actor worker, so M̂2/N_acc/the "
+            "acceptance quantile are taken per micro-batch (not the papers' mini-batch). Run verl with "
+            "stalerl's worker (python -m stalerl.integrations.verl_main, see docs/INTEGRATIONS.md) or set "
+            "stats_scope: micro in actor.policy_loss.stalerl to choose this explicitly.",
+            stacklevel=3,
+        )
+    return _build(name, {**hp, "stats_scope": "micro"})
 
 
 def _get(config: Any, key: str, default: Any = None) -> Any:
@@ -188,8 +232,6 @@ def resolve_hparams(name: str, config: Any = None) -> dict[str, Any]:
         clip_c = _get(config, "clip_ratio_c")
         if "dual_clip" in fields and clip_c is not None:
             hp["dual_clip"] = float(clip_c)
-    if "stats_scope" in fields:
-        hp["stats_scope"] = "micro"
     env = os.environ.get(HPARAMS_ENV, "").strip()
     if env:
         try:
@@ -233,7 +275,13 @@ def make_policy_loss(name: str) -> Callable:
                 f"verl loss {name!r} needs verl's rollout correction weights: set "
                 "algorithm.rollout_correction.rollout_is=token and rollout_is_threshold=<C>"
             )
-        loss_mat, agg_mask, metrics = per_token_loss(obj, log_prob, old_log_prob, advantages, response_mask)
+        stats = None
+        if obj.uses_batch_stats and obj.mini_batch_scoped:
+            stats = verl_minibatch.current_stats(obj)
+            if stats is None:
+                obj = _micro_fallback(name, hp)
+        loss_mat, agg_mask, metrics = per_token_loss(obj, log_prob, old_log_prob, advantages, response_mask,
+                                                     batch_stats=stats)
         if rollout_is_weights is not None:
             loss_mat = loss_mat * rollout_is_weights.to(loss_mat.dtype)
             if name in _VERL_SUBSTITUTE:
