@@ -1,0 +1,224 @@
+"""The papers' protocol on verl 0.9.1: mini-batch statistics, stale-k, reward, data, configs.
+
+* verl's own loss path (``verl.workers.utils.losses.ppo_loss`` on micro-batches that verl's own
+  ``prepare_micro_batches`` makes from a ``left_right_2_no_padding`` batch), driven by
+  :func:`stalerl.integrations.verl_minibatch.mini_batch_stats` the way ``StaleRLTrainingWorker``
+  drives it, gives M2PO's mask and loss equal to stalerl's whole-mini-batch result token for token,
+  in one process and in a 2-rank gloo group. The "engine" below follows the contract of verl's
+  ``FSDPEngine.forward_backward_batch`` (global token count all-reduced, ``dp_size``, one loss call
+  per micro-batch); its "model" returns fixed per-token log-probs held in a leaf tensor, so the
+  gradient of that tensor is the per-token gradient of the loss.
+* AC-MIS-PO steps once per mini-batch, identically on both ranks, and its state round-trips.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("verl.workers.utils.losses", reason="verl is a test dependency (pip install stalerl[test])")
+
+from functools import partial  # noqa: E402
+
+from tensordict import TensorDict  # noqa: E402
+from verl.utils import tensordict_utils as tu  # noqa: E402
+from verl.workers.config import ActorConfig, PolicyLossConfig  # noqa: E402
+from verl.workers.engine.utils import prepare_micro_batches  # noqa: E402
+from verl.workers.utils.losses import ppo_loss  # noqa: E402
+from verl.workers.utils.padding import left_right_2_no_padding  # noqa: E402
+
+from stalerl import objectives  # noqa: E402
+from stalerl.integrations import verl as sv  # noqa: E402
+from stalerl.integrations import verl_minibatch  # noqa: E402
+from stalerl.objectives import distributed as dist_utils  # noqa: E402
+
+D = torch.float64
+B, P, R = 8, 3, 6
+
+
+def mini_batch(seed=0):
+    """A left/right padded verl batch (as the trainer holds it) and the per-token tensors."""
+    g = torch.Generator().manual_seed(seed)
+    prompt_len = torch.tensor([3, 2, 3, 1, 3, 2, 3, 3])
+    resp_len = torch.tensor([6, 4, 5, 6, 2, 6, 3, 5])
+    attn = torch.zeros(B, P + R, dtype=torch.long)
+    for i in range(B):
+        attn[i, P - prompt_len[i]: P + resp_len[i]] = 1
+    response_mask = attn[:, P:].clone()
+    old = -torch.rand(B, R, generator=g, dtype=D) * 2 - 0.05
+    # rows differ in how far the current policy moved: per-micro-batch M̂2 differs from the mini-batch's
+    spread = torch.tensor([0.05, 0.4, 0.1, 0.6, 0.05, 0.3, 0.8, 0.2], dtype=D)[:, None]
+    current = old + spread * torch.randn(B, R, generator=g, dtype=D)
+    adv = torch.randn(B, 1, generator=g, dtype=D).expand(B, R).clone()
+    ids = torch.randint(3, 50, (B, P + R), generator=g) * attn
+    td = TensorDict({
+        "prompts": ids[:, :P], "responses": ids[:, P:], "input_ids": ids, "attention_mask": attn,
+        "position_ids": (attn.cumsum(-1) - 1).clamp(min=0), "response_mask": response_mask,
+        "old_log_probs": old * response_mask, "advantages": adv * response_mask,
+        "row_id": torch.arange(B),
+    }, batch_size=[B])
+    return td, current, old, adv, response_mask
+
+
+class ContractEngine:
+    """verl's engine contract (``infer_batch``/``train_batch`` with a per-micro-batch loss function)."""
+
+    def __init__(self, current: torch.Tensor):
+        self.param = current.clone().requires_grad_(True)
+        self.loss_calls = 0
+
+    def _log_probs(self, mb):
+        """Nested (per sequence, all valid tokens) log-probs; token t+1's log-prob sits at position t."""
+        attn = mb["attention_mask"]
+        vals = []
+        for k in range(attn.shape[0]):
+            p, r = int(attn[k, :P].sum()), int(attn[k, P:].sum())
+            row = int(mb["row_id"][k])
+            vals += [torch.zeros(p - 1, dtype=D), self.param[row, :r], torch.zeros(1, dtype=D)]
+        lengths = attn.sum(-1)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+        return torch.nested.nested_tensor_from_jagged(torch.cat(vals), offsets=offsets)
+
+    def _forward_backward(self, data, loss_function, forward_only):
+        # as verl's FSDPEngine.forward_backward_batch
+        n_tok = data["loss_mask"].sum().to(D)
+        if dist_utils.is_distributed():
+            n_tok = dist_utils.all_reduce_sum(n_tok)
+        tu.assign_non_tensor(data, batch_num_tokens=n_tok.item(), dp_size=dist_utils.world_size())
+        micro_batches, _ = prepare_micro_batches(data=data, dp_group=None, same_micro_num_in_dp=True)
+        losses = []
+        for mb in micro_batches:
+            with torch.no_grad() if forward_only else torch.enable_grad():
+                loss, _ = loss_function(model_output={"log_probs": self._log_probs(mb)}, data=mb, dp_group=None)
+            if not forward_only:
+                self.loss_calls += 1
+                loss.backward()
+            losses.append(loss.detach())
+        return losses
+
+    def infer_batch(self, data, loss_function=None):
+        return self._forward_backward(data, loss_function, forward_only=True)
+
+    def train_batch(self, data, loss_function):
+        return self._forward_backward(data, loss_function, forward_only=False)
+
+
+def verl_batch(td, rows, micro=2, global_batch=B):
+    data = left_right_2_no_padding(td[rows].clone())
+    tu.assign_non_tensor(data, use_dynamic_bsz=False, micro_batch_size_per_gpu=micro, global_batch_size=global_batch,
+                         use_remove_padding=True)
+    return data
+
+
+def actor_config(loss_mode="m2po", stalerl=None):
+    pl = sv.StaleRLPolicyLossConfig(loss_mode=loss_mode, stalerl=stalerl or {})
+    return ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=2, clip_ratio=0.2,
+                       policy_loss=pl)
+
+
+def run_update(engine, data, cfg):
+    """One mini-batch as StaleRLTrainingWorker runs it: statistics pass, then verl's training pass."""
+    loss_fn = partial(ppo_loss, config=cfg)
+    obj = sv.stats_objective(cfg)
+    losses = verl_minibatch.with_mini_batch_stats(engine, data, obj, lambda: engine.train_batch(data, loss_fn))
+    return torch.stack(losses).sum(), obj
+
+
+def direct(name, current, old, adv, mask, **hp):
+    lp = current.clone().requires_grad_(True)
+    out = objectives.build(name, **hp)(lp, old, adv, mask)
+    out.loss.backward()
+    return out, lp.grad
+
+
+def test_m2po_minibatch_stats_through_verls_loss_path_equal_stalerl_token_for_token():
+    sv._CACHE.clear()
+    td, current, old, adv, mask = mini_batch()
+    engine = ContractEngine(current)
+    loss, obj = run_update(engine, verl_batch(td, slice(0, B)), actor_config())
+    assert obj is not None and engine.loss_calls == B // 2  # four micro-batches, one loss call each
+    out, grad = direct("m2po", current, old, adv, mask)
+    torch.testing.assert_close(loss, out.loss.detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(engine.param.grad, grad, rtol=1e-12, atol=1e-14)
+    kept = out.extras["token_kept"]
+    assert ((engine.param.grad != 0) == (kept & (mask > 0))).all()  # the mask, token for token
+    assert (~kept & (mask > 0)).any() and (kept & (mask > 0)).any()  # it masks some tokens, not all
+
+    # the per-micro-batch fallback is a different algorithm on this batch, and warns
+    sv._CACHE.clear()
+    sv._WARNED.clear()
+    plain = ContractEngine(current)
+    with pytest.warns(UserWarning, match="per micro-batch"):
+        plain_losses = plain.train_batch(verl_batch(td, slice(0, B)), partial(ppo_loss, config=actor_config()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once only
+        plain.train_batch(verl_batch(td, slice(0, B)), partial(ppo_loss, config=actor_config()))
+    assert not torch.allclose(torch.stack(plain_losses).sum(), out.loss.detach())
+
+
+def test_ac_mispo_steps_once_per_mini_batch_and_state_round_trips():
+    sv._CACHE.clear()
+    td, current, old, adv, mask = mini_batch(seed=1)
+    cfg = actor_config("ac_mispo")
+    ref = objectives.build("ac_mispo")
+    for k in range(3):
+        cur = old + (current - old) * 0.02 * (k + 1)
+        _, obj = run_update(ContractEngine(cur), verl_batch(td, slice(0, B)), cfg)
+        ref.batch_stats(cur, old, adv, mask)
+    assert obj.state_dict()["step"] == 3  # 3 mini-batches x 4 micro-batches: 3 controller steps
+    assert obj.state_dict()["bound"] == pytest.approx(ref.bound, rel=1e-12)
+    saved = sv.objective_states()
+    sv._CACHE.clear()
+    sv.load_objective_states(saved)  # restored before the objective exists (as after a resume)
+    assert sv.stats_objective(cfg).state_dict() == obj.state_dict()
+
+
+# ----------------------------------------------------------------------------- 2 ranks (gloo)
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, port: int, outdir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        rows = slice(0, 4) if rank == 0 else slice(4, 8)
+        td, current, old, adv, mask = mini_batch()
+        engine = ContractEngine(current)
+        loss, _ = run_update(engine, verl_batch(td, rows, global_batch=B), actor_config())
+        bounds = []
+        for k in range(2):
+            cur = old + (current - old) * 0.02 * (k + 1)
+            _, obj = run_update(ContractEngine(cur), verl_batch(td, rows, global_batch=B), actor_config("ac_mispo"))
+            bounds.append(obj.state_dict())
+        torch.save({"loss": loss, "grad": engine.param.grad, "ac": bounds}, os.path.join(outdir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_two_ranks_gloo_equal_one_process_mini_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_main, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    td, current, old, adv, mask = mini_batch()
+    out, grad = direct("m2po", current, old, adv, mask)
+    # verl scales each rank's loss by dp_size and FSDP averages gradients over ranks
+    torch.testing.assert_close((r0["loss"] + r1["loss"]) / 2, out.loss.detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(torch.cat([r0["grad"][:4], r1["grad"][4:]]) / 2, grad, rtol=1e-12, atol=1e-14)
+    assert (r0["grad"][4:] == 0).all() and (r1["grad"][:4] == 0).all()
+    ref = objectives.build("ac_mispo")
+    for k in range(2):
+        ref.batch_stats(old + (current - old) * 0.02 * (k + 1), old, adv, mask)
+    assert r0["ac"] == r1["ac"]  # identical on every rank
+    assert r0["ac"][-1]["step"] == 2 and r0["ac"][-1]["bound"] == pytest.approx(ref.bound, rel=1e-12)
