@@ -222,3 +222,22 @@ def test_two_ranks_gloo_equal_one_process_mini_batch(tmp_path):
         ref.batch_stats(old + (current - old) * 0.02 * (k + 1), old, adv, mask)
     assert r0["ac"] == r1["ac"]  # identical on every rank
     assert r0["ac"][-1]["step"] == 2 and r0["ac"][-1]["bound"] == pytest.approx(ref.bound, rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- compute_score
+def test_compute_score_hand_cases_and_a_hanging_output_scores_zero():
+    import time
+
+    from verl.utils.import_utils import load_extern_object
+
+    # loaded the way verl loads reward.custom_reward_function (path pkg://..., name compute_score)
+    score = load_extern_object("pkg://stalerl.rewards.verl_score", "compute_score")
+    assert score("math", "so the answer is \\boxed{\\frac{1}{2}}", "0.5") == 1.0
+    assert score("math", "first \\boxed{3}, no wait: \\boxed{4}", "4", {"index": 0}) == 1.0  # the last box
+    assert score("math", "\\boxed{3}", "4") == 0.1  # extracted but wrong: format_score
+    assert score("math", "\\boxed{3}", "4", format_score=0.0) == 0.0  # the released code's value
+    assert score("math", "the answer is 4", "4") == 0.0  # no box
+    assert score("math", "", 4) == 0.0
+    t0 = time.monotonic()
+    assert score("math", "\\boxed{2^{2^{2^{2^{2^{2^{2^{2}}}}}}}}", "1", timeout_s=1.0) == 0.0  # hangs math-verify
+    assert time.monotonic() - t0 < 20
