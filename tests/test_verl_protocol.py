@@ -241,3 +241,68 @@ def test_compute_score_hand_cases_and_a_hanging_output_scores_zero():
     t0 = time.monotonic()
     assert score("math", "\\boxed{2^{2^{2^{2^{2^{2^{2^{2}}}}}}}}", "1", timeout_s=1.0) == 0.0  # hangs math-verify
     assert time.monotonic() - t0 < 20
+
+
+# ----------------------------------------------------------------------------- stale-k FIFO over DataProto
+def _fake_generation(step_policy_version: int, n: int = 4):
+    """A generation step: a DataProto whose tensors carry the generating policy's version."""
+    from verl import DataProto
+
+    return DataProto.from_single_dict({
+        "responses": torch.full((n, 3), step_policy_version, dtype=torch.long),
+        "old_log_probs": torch.full((n, 3), -0.1 * step_policy_version),
+    })
+
+
+def _run_stale(stale_k, steps):
+    """verl's step order: generate with the current policy, then _update_actor -> StaleK.step."""
+    consumed, metrics = [], []
+    for _ in range(steps):
+        fresh = _fake_generation(stale_k.updates)
+
+        def update(batch):
+            consumed.append((stale_k.updates, int(batch.batch["responses"][0, 0])))
+            return {"actor/pg_loss": 0.0}
+
+        metrics.append(stale_k.step(fresh, update))
+    return consumed, metrics
+
+
+def test_stale_k_fifo_feeds_update_u_from_policy_u_minus_s():
+    from stalerl.integrations.verl_stale import StaleK
+
+    s, m = 8, 4  # depth s/m = 2 batches
+    stale_k = StaleK(s, m)
+    consumed, metrics = _run_stale(stale_k, steps=6)
+    # steps 1-2 fill the queue from the initial policy; step 3 on trains on the batch from 2 steps before
+    assert [len(mt) for mt in metrics[:2]] == [1, 1] and "train/staleness" not in metrics[0]
+    # (first update of the step, version of the policy that generated the consumed batch)
+    assert consumed == [(0, 0), (4, 0), (8, 0), (12, 4)]
+    for u, v in consumed:
+        assert v == max(0, u - s)
+    assert metrics[-1]["train/staleness"] == 8 + 1.5 and metrics[-1]["train/staleness_max"] == 11
+    assert metrics[-1]["actor/pg_loss"] == 0.0 and metrics[-1]["train/policy_version"] == 4
+
+
+def test_stale_k_on_policy_when_s_is_zero():
+    from stalerl.integrations.verl_stale import StaleK
+
+    consumed, metrics = _run_stale(StaleK(0, 4), steps=3)
+    assert consumed == [(0, 0), (4, 4), (8, 8)] and metrics[0]["train/staleness"] == 1.5
+
+
+def test_stale_k_resume_is_exact(tmp_path):
+    from stalerl.integrations.verl_stale import StaleK
+
+    straight = StaleK(8, 4)
+    want, _ = _run_stale(straight, steps=7)
+    first = StaleK(8, 4)
+    got, _ = _run_stale(first, steps=4)
+    torch.save(first.state_dict(), tmp_path / "q.pt")  # as in verl's global_step_N folder
+    resumed = StaleK(8, 4)
+    resumed.load_state_dict(torch.load(tmp_path / "q.pt", weights_only=False))
+    assert [int(b.batch["responses"][0, 0]) for b in resumed.buffer.queue] == [0, 4]  # generated at steps 3, 4
+    more, _ = _run_stale(resumed, steps=3)
+    assert got + more == want
+    with pytest.raises(ValueError, match="staleness=8"):
+        StaleK(4, 4).load_state_dict(torch.load(tmp_path / "q.pt", weights_only=False))
