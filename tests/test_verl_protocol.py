@@ -306,3 +306,32 @@ def test_stale_k_resume_is_exact(tmp_path):
     assert got + more == want
     with pytest.raises(ValueError, match="staleness=8"):
         StaleK(4, 4).load_state_dict(torch.load(tmp_path / "q.pt", weights_only=False))
+
+
+# ----------------------------------------------------------------------------- stalerl data prepare
+def test_data_prepare_writes_verl_parquet_and_names_bad_rows(tmp_path, capsys):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from stalerl.cli.main import main
+    from stalerl.data.templates import M2PO_TEMPLATE
+
+    src = tmp_path / "train.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in [{"problem": "What is 1+1?", "answer": 2},
+                                                      {"problem": "Solve x^2=4, x>0.", "answer": "2"}]) + "\n")
+    out = tmp_path / "verl" / "train.parquet"
+    assert main(["data", "prepare", str(src), "--out", str(out), "--data-source", "toy", "--repeat", "2"]) == 0
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == 4 and "wrote 4 rows" in capsys.readouterr().out
+    first = rows[0]
+    assert first["prompt"] == [{"role": "user", "content": M2PO_TEMPLATE.format(question="What is 1+1?")}]
+    assert first["data_source"] == "toy" and first["ability"] == "math"
+    assert first["reward_model"] == {"style": "rule", "ground_truth": "2"}
+    assert first["extra_info"]["index"] == 0 and [r["extra_info"]["repeat"] for r in rows] == [0, 1, 0, 1]
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"problem": "ok", "answer": 1}) + "\n" + json.dumps({"question": "x"}) + "\n")
+    assert main(["data", "prepare", str(bad), "--out", str(tmp_path / "b.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl, line 2" in err and "'problem' is missing" in err

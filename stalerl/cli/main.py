@@ -7,6 +7,7 @@
     stalerl eval CHECKPOINT [...]          avg@n, maj@n, pass@k on benchmarks
     stalerl report RUN_DIR [RUN_DIR ...]   Markdown report with figures
     stalerl reproduce STUDY                rerun a seed paper's study
+    stalerl data prepare SOURCE --out F    verl-format Parquet with the M2PO prompt template
 
 Errors in what the user gave (a config key, a file, a dataset row) are printed as one line and
 exit with status 2; a training run that crashed on non-finite updates exits with status 3.
@@ -116,6 +117,12 @@ def _cmd_reproduce(args) -> int:
     return reproduce_main(args)
 
 
+def _cmd_data(args) -> int:
+    from stalerl.data.prepare import main as prepare_main
+
+    return prepare_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stalerl", description="Off-policy RL of language models on stale rollouts.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the stalerl train command of every run, run nothing")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every condition")
     p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("data", help="prepare data sets for other trainers")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("prepare", help="verl-format Parquet from a JSONL/Parquet file or a datasets name")
+    from stalerl.data.prepare import add_arguments as _add_prepare_args
+
+    _add_prepare_args(p)
+    p.set_defaults(func=_cmd_data)
     return parser
 
 
