@@ -335,3 +335,18 @@ def test_data_prepare_writes_verl_parquet_and_names_bad_rows(tmp_path, capsys):
     assert main(["data", "prepare", str(bad), "--out", str(tmp_path / "b.parquet")]) == 2
     err = capsys.readouterr().err
     assert "bad.jsonl, line 2" in err and "'problem' is missing" in err
+
+
+def test_pass_at_k_from_verl_validation_dump(tmp_path):
+    import json
+
+    from stalerl.integrations.verl_eval import pass_at_k_from_dump
+
+    # problem a: 1 of 4 correct (0.1 = boxed but wrong); problem b: 4 of 4
+    scores = {"a": [1.0, 0.1, 0.0, 0.1], "b": [1.0] * 4}
+    path = tmp_path / "25.jsonl"
+    path.write_text("".join(json.dumps({"input": p, "output": "", "gts": "1", "score": s, "step": 25}) + "\n"
+                            for p, ss in scores.items() for s in ss))
+    got = pass_at_k_from_dump(str(path), ks=[1, 2, 4])
+    # a: pass@1 = 1/4, pass@2 = 1 - C(3,2)/C(4,2) = 1/2, pass@4 = 1
+    assert got == {"pass@1": (0.25 + 1) / 2, "pass@2": (0.5 + 1) / 2, "pass@4": 1.0, "n": 4.0, "problems": 2.0}
