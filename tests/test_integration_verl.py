@@ -220,17 +220,18 @@ def test_stateful_objective_steps_once_per_call_and_is_cached():
     cfg = actor_config()
     for _ in range(3):
         metrics = call_verl("ac_mispo", lp, old, adv, mask, cfg)[2]
-    (key, obj), = [(k, o) for k, o in sv.objective_cache().items() if k[0] == "ac_mispo"]
+    # without stalerl's actor worker: the per-micro-batch fallback, one controller step per call
+    (key, obj), = [(k, o) for k, o in sv.objective_cache().items()
+                   if k[0] == "ac_mispo" and o.config.stats_scope == "micro"]
     assert obj.state_dict()["step"] == 3 and metrics["actor/controller_step"] == 3.0
-    assert obj.config.stats_scope == "micro"
 
 
 def test_hparams_precedence_env_then_config(monkeypatch):
     cfg = actor_config(clip_low=0.1, clip_high=0.3)
     assert sv.resolve_hparams("grpo", cfg) == {"epsilon_low": 0.1, "epsilon_high": 0.3, "dual_clip": 3.0}
-    assert sv.resolve_hparams("m2po", cfg) == {"stats_scope": "micro"}
+    assert sv.resolve_hparams("m2po", cfg) == {}
     monkeypatch.setenv(sv.HPARAMS_ENV, '{"tau": 0.1, "trust_region_only": false}')
-    assert sv.resolve_hparams("m2po", cfg) == {"stats_scope": "micro", "tau": 0.1, "trust_region_only": False}
+    assert sv.resolve_hparams("m2po", cfg) == {"tau": 0.1, "trust_region_only": False}
     pl = sv.StaleRLPolicyLossConfig(loss_mode="m2po", stalerl={"tau": 0.2})
     cfg2 = verl_config.ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1, policy_loss=pl)
     assert sv.resolve_hparams("m2po", cfg2)["tau"] == 0.2  # the config beats the environment
@@ -322,9 +323,13 @@ EXAMPLES_SCRIPT = textwrap.dedent(
     import json, os, sys
     import verl
     from hydra import compose, initialize_config_dir
-    from verl.utils.config import omega_conf_to_dataclass
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
     from verl.trainer.ppo.core_algos import get_policy_loss_fn
-    from stalerl.integrations.verl import objective_name, resolve_hparams
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from stalerl.integrations.verl import objective_name, resolve_hparams, stats_objective
+    from stalerl.integrations.verl_main import StaleRLTaskRunner, check_config
+    from stalerl.integrations.verl_stale import stale_config, updates_per_step
 
     runs = json.loads(sys.stdin.read())
     out = {}
@@ -332,40 +337,67 @@ EXAMPLES_SCRIPT = textwrap.dedent(
     with initialize_config_dir(config_dir=d, version_base=None):
         for name, overrides in runs.items():
             cfg = compose(config_name="ppo_trainer", overrides=overrides)
+            check_config(cfg)
+            validate_config(cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
             actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
             mode = actor.policy_loss.loss_mode
             get_policy_loss_fn(mode)
             obj = objective_name(mode)
+            runner = StaleRLTaskRunner()
+            worker_cls, _ = runner.add_actor_rollout_worker(cfg)
+            stats = stats_objective(actor)
+            score = get_custom_reward_fn(cfg)
             out[name] = {"loss_mode": mode, "objective": obj,
                          "hp": resolve_hparams(obj, actor) if obj else None,
-                         "trainer_mode": cfg.trainer.v1.trainer_mode,
-                         "warmup": cfg.trainer.v1.colocate_async.num_warmup_batches}
+                         "stats": None if stats is None else type(stats).__name__,
+                         "worker": worker_cls.__name__,
+                         "workers": sorted({c.__ray_metadata__.modified_class.__name__
+                                            for c in runner.role_worker_mapping.values()}),
+                         "staleness": stale_config(cfg).staleness, "m": updates_per_step(cfg),
+                         "steps": cfg.trainer.total_training_steps, "use_v1": cfg.trainer.use_v1,
+                         "val_n": cfg.actor_rollout_ref.rollout.val_kwargs.n,
+                         "val_dump": cfg.trainer.get("validation_data_dir"),
+                         "chat_template": cfg.actor_rollout_ref.model.get("custom_chat_template"),
+                         "score": [score("math", "\\\\boxed{2}", "2"), score("math", "\\\\boxed{3}", "2")]}
     print("JSON" + json.dumps(out))
     """
 )
 
 
 def test_example_scripts_compose_with_verls_config():
-    """Every run of examples/verl/*.sh uses real verl options and a registered stalerl loss."""
+    """Every run of examples/verl/*.sh composes with verl's ppo_trainer.yaml, passes verl's own
+    validate_config and stalerl's checks, selects stalerl's worker and trainer, a registered loss, the
+    M2PO reward and the paper's validation settings."""
+    from stalerl.data.prepare import PLAIN_CHAT_TEMPLATE
+
     runs = {}
     for script in ("prosperity", "mispo_mechanism", "ac_mispo", "minpro"):
         proc = subprocess.run(["bash", os.path.join(REPO, "examples", "verl", f"{script}.sh")], capture_output=True,
                               text=True, cwd=REPO, env={**os.environ, "DRY_RUN": "1"}, timeout=60)
         assert proc.returncode == 0, proc.stderr
         for block in proc.stdout.split("== RUN ")[1:]:
-            name, *overrides = [ln for ln in block.splitlines() if ln]
+            name, launch, *overrides = [ln for ln in block.splitlines() if ln]
+            assert launch == "LAUNCH python3 -m stalerl.integrations.verl_main"
             runs[name] = overrides
     assert len(runs) == 8 + 3 + 5 + 5
     env = {k: v for k, v in os.environ.items() if k != "STALERL_HPARAMS"}
     proc = subprocess.run([sys.executable, "-c", EXAMPLES_SCRIPT], input=json.dumps(runs), capture_output=True,
-                          text=True, cwd=REPO, env=env, timeout=300)
+                          text=True, cwd=REPO, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("JSON"))[4:])
-    assert out["prosperity-m2po-s256"]["hp"] == {"stats_scope": "micro", "tau": 0.04}
-    assert out["prosperity-m2po-s0"]["trainer_mode"] == "sync"
-    assert out["prosperity-m2po-s256"]["trainer_mode"] == "colocate_async"
-    assert out["prosperity-m2po-s256"]["warmup"] == 64  # 256 updates / 4 updates per step
-    assert out["prosperity-gspo-s0"]["objective"] == "gspo"
-    assert out["minpro-minpro-s256"]["hp"] == {"epsilon_low": 1.0, "epsilon_high": 4.0}
-    assert out["ac-mispo-ac_mispo-s256"]["hp"]["warmup_steps"] == 1600
-    assert all(r["objective"] for r in out.values())
+    m2po = out["prosperity-m2po-s256"]
+    assert m2po["hp"] == {"tau": 0.04} and m2po["stats"] == "M2PO"  # mini-batch statistics (stalerl's worker)
+    assert m2po["staleness"] == 256 and m2po["m"] == 4 and m2po["steps"] == 500 + 64  # + s/m fill-up steps
+    assert out["prosperity-m2po-s0"]["staleness"] == 0 and out["prosperity-m2po-s0"]["steps"] == 500
+    assert out["prosperity-gspo-s0"]["objective"] == "gspo" and out["prosperity-gspo-s0"]["stats"] is None
+    assert out["minpro-minpro-s8"]["hp"] == {"epsilon_low": 1.0, "epsilon_high": 4.0}
+    assert out["minpro-minpro-s8"]["staleness"] == 8 and out["minpro-minpro-s8"]["val_n"] == 128
+    assert out["minpro-minpro-s8"]["val_dump"].endswith("minpro-minpro-s8")
+    assert out["ac-mispo-ac_mispo-s256"]["hp"]["warmup_steps"] == 200 and out["ac-mispo-ac_mispo-s256"]["stats"] == "ACMISPO"
+    assert out["mispo-mechanism-mispo_random_traj-s256"]["stats"] == "MISPORandomTraj"
+    for r in out.values():
+        assert r["objective"] and r["use_v1"] is False
+        assert r["worker"] == "StaleRLActorRolloutRefWorker" and r["workers"] == ["StaleRLActorRolloutRefWorker"]
+        assert r["score"] == [1.0, 0.1]  # stalerl's compute_score, loaded by verl's own loader
+        assert r["chat_template"] == PLAIN_CHAT_TEMPLATE
+    assert out["prosperity-grpo-s0"]["val_n"] == 4

@@ -1,13 +1,10 @@
 #!/usr/bin/env bash
 # Study "ac-mispo": grpo, mispo, m2po, ac_mispo and MIS-PO fixed at AC-MIS-PO's final bound.
-# In verl AC-MIS-PO's controller steps once per loss call = per micro-batch. With dynamic batch
-# sizes the number of micro-batches per mini-batch varies; MICRO_PER_MINI (default 8) scales the
-# paper's 200-step warm-up so that it spans about 200 optimizer updates. The controller state is
-# not checkpointed by verl: a resumed run restarts it from b_0 = b_max.
-# Usage: bash examples/verl/ac_mispo.sh   (env: STALENESS, default 256; CONDITIONS; MICRO_PER_MINI)
+# With stalerl's actor worker AC-MIS-PO's controller steps once per optimizer mini-batch (the
+# paper's 200-step warm-up as is), identically on every rank, and is saved in verl's checkpoints.
+# Usage: bash examples/verl/ac_mispo.sh   (env: STALENESS, default 256; CONDITIONS)
 source "$(dirname "$0")/common.sh"
 S=${STALENESS:-256}
-MICRO_PER_MINI=${MICRO_PER_MINI:-8}
 CONDITIONS=${CONDITIONS:-"grpo mispo m2po ac_mispo mispo_fixed_final"}
 for method in $CONDITIONS; do
   case $method in
@@ -16,7 +13,7 @@ for method in $CONDITIONS; do
     m2po) run ac-mispo-m2po "$S" "${M2PO[@]}" ;;
     ac_mispo)
       run ac-mispo-ac_mispo "$S" actor_rollout_ref.actor.policy_loss.loss_mode=ac_mispo "$STALERL_TARGET" \
-        "+actor_rollout_ref.actor.policy_loss.stalerl={warmup_steps:$((200 * MICRO_PER_MINI))}" ;;
+        '+actor_rollout_ref.actor.policy_loss.stalerl={warmup_steps:200}' ;;
     mispo_fixed_final)   # the preset mispo_fixed_final: MIS-PO with [0.9998, 1.0002]
       run ac-mispo-fixed-final "$S" actor_rollout_ref.actor.policy_loss.loss_mode=mispo "$STALERL_TARGET" \
         '+actor_rollout_ref.actor.policy_loss.stalerl={traj_low:0.9998,traj_high:1.0002}' ;;

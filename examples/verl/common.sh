@@ -4,22 +4,30 @@
 # The M2PO paper's setting: Qwen3-1.7B-Base on DeepScaleR, 256 prompts x 8 responses per step,
 # optimizer mini-batch 64 prompts (m = 4 updates per step), AdamW lr 1e-6 constant, weight decay
 # 0.01, temperature 1, 16k context, no KL. 8 GPUs on one node. Every option below is a real
-# verl 0.9.1 option (checked against verl/trainer/config/ppo_trainer.yaml).
+# verl 0.9.1 option (tests/test_integration_verl.py composes them with verl's ppo_trainer.yaml) or a
+# stalerl one (+stalerl.staleness, policy_loss.stalerl). README.md says which are exact.
 set -euo pipefail
 
 MODEL=${MODEL:-Qwen/Qwen3-1.7B-Base}
-# verl-format parquet files (prompt / reward_model.ground_truth / data_source); see README.md.
+# verl-format parquet files written by `stalerl data prepare` (README.md): the M2PO template, rule
+# reward_model. VAL_FILES: a Hydra list, e.g. "[$HOME/data/math500.parquet,$HOME/data/aime24x4.parquet]".
 TRAIN_FILES=${TRAIN_FILES:-$HOME/data/deepscaler/train.parquet}
 VAL_FILES=${VAL_FILES:-$HOME/data/math_eval/test.parquet}
 N_GPUS=${N_GPUS:-8}
-STEPS=${STEPS:-500}
+STEPS=${STEPS:-500}               # training steps with updates (m updates each); fill-up steps come on top
 PROJECT=${PROJECT:-stalerl}
+BASE_MODEL=${BASE_MODEL:-1}      # 1: pass-through chat template (base model, the papers); 0: the model's own
+VAL_N=${VAL_N:-4}                # samples per validation prompt: avg@4; AIME files repeated 4x give avg@16
 PROMPTS_PER_STEP=256
 RESPONSES_PER_PROMPT=8
 MINI_BATCH_PROMPTS=64            # verl counts prompts; x rollout.n responses per mini-batch
 UPDATES_PER_STEP=$((PROMPTS_PER_STEP / MINI_BATCH_PROMPTS))   # m = 4
 
-# Common overrides (Hydra) for verl.trainer.main_ppo.
+# stalerl's launcher: verl's main_ppo (same Hydra config) with stalerl's actor worker (mini-batch
+# statistics, objective state in checkpoints) and stale-k trainer (FIFO of whole batches).
+LAUNCH=(python3 -m stalerl.integrations.verl_main)
+
+# Common overrides (Hydra) for verl's ppo_trainer.yaml.
 COMMON=(
   algorithm.adv_estimator=grpo
   algorithm.use_kl_in_reward=False
@@ -35,6 +43,7 @@ COMMON=(
   actor_rollout_ref.model.enable_gradient_checkpointing=True
   actor_rollout_ref.actor.ppo_mini_batch_size=$MINI_BATCH_PROMPTS
   actor_rollout_ref.actor.ppo_epochs=1
+  actor_rollout_ref.actor.shuffle=False
   actor_rollout_ref.actor.use_dynamic_bsz=True
   actor_rollout_ref.actor.ppo_max_token_len_per_gpu=32768
   actor_rollout_ref.actor.optim.lr=1e-6
@@ -52,42 +61,36 @@ COMMON=(
   actor_rollout_ref.rollout.tensor_model_parallel_size=1
   actor_rollout_ref.rollout.gpu_memory_utilization=0.6
   actor_rollout_ref.rollout.calculate_log_probs=True
-  actor_rollout_ref.rollout.val_kwargs.n=4
+  actor_rollout_ref.rollout.val_kwargs.n=$VAL_N
   actor_rollout_ref.rollout.val_kwargs.temperature=1.0
+  actor_rollout_ref.rollout.val_kwargs.top_p=1.0
   actor_rollout_ref.rollout.val_kwargs.do_sample=True
-  # old_log_prob = the behaviour policy's (the rollout engine's) log-probs, so that the loss sees
-  # the staleness; the V1 trainer keeps our loss_mode in bypass mode (the legacy trainer does not).
-  algorithm.rollout_correction.bypass_mode=True
-  trainer.use_v1=True
+  # the M2PO paper's reward: math-verify on the last \boxed{}, 0.1 for a boxed wrong answer, hang-safe
+  reward.custom_reward_function.path=pkg://stalerl.rewards.verl_score
+  reward.custom_reward_function.name=compute_score
+  +reward.custom_reward_function.reward_kwargs.format_score=0.1
+  # behaviour log-probs recomputed by the actor right after generation (stale-k), not the engine's
+  algorithm.rollout_correction.bypass_mode=False
+  trainer.use_v1=False                     # verl's DataProto trainer, which stalerl's stale-k extends
   trainer.n_gpus_per_node=$N_GPUS
   trainer.nnodes=1
-  trainer.total_training_steps=$STEPS
   trainer.save_freq=50
   trainer.test_freq=25
   trainer.project_name=$PROJECT
   'trainer.logger=[console,tensorboard]'
 )
+if [[ "$BASE_MODEL" == 1 ]]; then   # stalerl.data.prepare.PLAIN_CHAT_TEMPLATE: the prompt text alone
+  COMMON+=("+actor_rollout_ref.model.custom_chat_template='{{ messages[0].content }}'")
+fi
 
 # The stalerl hyperparameter dict needs stalerl's PolicyLossConfig (verl's refuses unknown keys).
 STALERL_TARGET=actor_rollout_ref.actor.policy_loss._target_=stalerl.integrations.verl.StaleRLPolicyLossConfig
 
-# staleness_overrides S: on-policy (S=0) or stale by about S optimizer updates.
-# verl has no exact stale-k FIFO (stalerl's own loop and the released M2PO code do). The V1
-# colocate_async trainer prefetches num_warmup_batches generation batches ahead, so a batch is
-# consumed about S/m steps after it was requested; max_off_policy_threshold bounds the number of
-# model versions a trajectory may span. With partial rollouts a trajectory may span several
-# versions, so the staleness is approximate (not exactly S): verl logs the real spans.
+# staleness_overrides S: the exact stale-k FIFO (S a multiple of m); S/m fill-up steps added.
 staleness_overrides() {
   local s=$1
-  if [[ "$s" -eq 0 ]]; then
-    echo "trainer.v1.trainer_mode=sync"
-  else
-    local lag=$(( s / UPDATES_PER_STEP ))
-    echo "trainer.v1.trainer_mode=colocate_async"
-    echo "trainer.v1.colocate_async.num_warmup_batches=$lag"
-    echo "trainer.v1.sampler.max_off_policy_threshold=$(( lag + 1 ))"
-    echo "trainer.v1.sampler.max_off_policy_strategy=wait"
-  fi
+  echo "+stalerl.staleness=$s"
+  echo "trainer.total_training_steps=$(( STEPS + s / UPDATES_PER_STEP ))"
 }
 
 # run NAME STALENESS OVERRIDES...: one verl run.
@@ -96,11 +99,11 @@ run() {
   mapfile -t stale < <(staleness_overrides "$s")
   local args=("${COMMON[@]}" "${stale[@]}" trainer.experiment_name="$name-s$s" "$@")
   if [[ -n "${EXTRA_ARGS:-}" ]]; then read -r -a extra <<< "$EXTRA_ARGS"; args+=("${extra[@]}"); fi
-  if [[ "${DRY_RUN:-0}" == 1 ]]; then   # print the overrides (one per line) instead of launching
-    echo "== RUN $name-s$s"; printf '%s\n' "${args[@]}"; return
+  if [[ "${DRY_RUN:-0}" == 1 ]]; then   # print the launcher and the overrides (one per line)
+    echo "== RUN $name-s$s"; echo "LAUNCH ${LAUNCH[*]}"; printf '%s\n' "${args[@]}"; return
   fi
   echo "== $name (staleness $s)"
-  python3 -m verl.trainer.main_ppo "${args[@]}"
+  "${LAUNCH[@]}" "${args[@]}"
 }
 
 # Loss-specific overrides. verl's clip_ratio_low/high/c are stalerl's epsilon_low/high/dual_clip.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Study "mispo-mechanism": MIS-PO, its TokenOnly ablation and the RandomTraj control, stale data.
-# In verl, RandomTraj's N_acc and draw are per micro-batch (verl's loss sees one micro-batch).
+# RandomTraj's N_acc and draw are the whole mini-batch's (stalerl's actor worker).
 # Usage: bash examples/verl/mispo_mechanism.sh   (env: STALENESS, default 256; CONDITIONS)
 source "$(dirname "$0")/common.sh"
 S=${STALENESS:-256}

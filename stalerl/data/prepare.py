@@ -34,7 +34,7 @@ from stalerl.data.templates import format_prompt
 
 __all__ = ["PLAIN_CHAT_TEMPLATE", "prepare_verl", "verl_rows"]
 
-PLAIN_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+PLAIN_CHAT_TEMPLATE = "{{ messages[0].content }}"
 """A pass-through chat template for base models (``actor_rollout_ref.model.custom_chat_template``)."""
 
 
