@@ -350,3 +350,81 @@ def test_pass_at_k_from_verl_validation_dump(tmp_path):
     got = pass_at_k_from_dump(str(path), ks=[1, 2, 4])
     # a: pass@1 = 1/4, pass@2 = 1 - C(3,2)/C(4,2) = 1/2, pass@4 = 1
     assert got == {"pass@1": (0.25 + 1) / 2, "pass@2": (0.5 + 1) / 2, "pass@4": 1.0, "n": 4.0, "problems": 2.0}
+
+
+# ----------------------------------------------------------------------------- the worker classes themselves
+class _WorkerEngine(ContractEngine):
+    """ContractEngine plus what verl's TrainingWorker.train_batch asks of an engine."""
+
+    def train_mode(self, disable_auto_offload=False):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def get_data_parallel_size(self):
+        return 1
+
+    def is_mp_src_rank_with_outputs(self):
+        return False  # no metrics post-processing (that needs a device and a process group)
+
+    def train_batch(self, data, loss_function):
+        self.losses = self._forward_backward(data, loss_function, forward_only=False)
+        return {}
+
+
+def _bare(cls, **attrs):
+    """A verl worker object without Ray (attributes set by hand, as its __init__ would)."""
+    from types import SimpleNamespace
+
+    from verl.utils.profiler import DistProfiler
+
+    obj = cls.__new__(cls)
+    obj.profiler = DistProfiler(rank=0, config=None)
+    obj.__dict__.update(attrs)
+    obj.engine_config = SimpleNamespace(forward_only=False, use_dynamic_bsz=False, max_token_len_per_gpu=None,
+                                        micro_batch_size_per_gpu=2, use_fused_kernels=False)
+    obj.model_config = {"use_remove_padding": True}
+    return obj
+
+
+def test_stalerl_training_worker_train_batch_runs_the_statistics_pass():
+    from stalerl.integrations.verl_actor import StaleRLTrainingWorker
+
+    sv._CACHE.clear()
+    td, current, old, adv, mask = mini_batch()
+    engine = _WorkerEngine(current)
+    worker = _bare(StaleRLTrainingWorker, engine=engine, loss_fn=partial(ppo_loss, config=actor_config()))
+    data = left_right_2_no_padding(td.clone())
+    tu.assign_non_tensor(data, global_batch_size=B, global_token_num=[1] * B)
+    assert worker.train_batch(data) is None
+    out, grad = direct("m2po", current, old, adv, mask)
+    torch.testing.assert_close(torch.stack(engine.losses).sum(), out.loss.detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(engine.param.grad, grad, rtol=1e-12, atol=1e-14)
+
+
+def test_actor_worker_checkpoint_carries_the_controller_state(tmp_path):
+    from stalerl.integrations.verl_actor import OBJECTIVE_STATE_FILE, StaleRLActorRolloutRefWorker
+
+    class Actor:  # verl's TrainingWorker checkpoint calls, recorded
+        def __init__(self):
+            self.calls = []
+
+        def save_checkpoint(self, *a):
+            self.calls.append("save")
+
+        def load_checkpoint(self, *a):
+            self.calls.append("load")
+
+    sv._CACHE.clear()
+    td, current, old, adv, mask = mini_batch(seed=1)
+    cfg = actor_config("ac_mispo")
+    for k in range(2):
+        run_update(ContractEngine(old + (current - old) * 0.02 * (k + 1)), verl_batch(td, slice(0, B)), cfg)
+    want = sv.stats_objective(cfg).state_dict()
+    worker = _bare(StaleRLActorRolloutRefWorker, role="actor_rollout", actor=Actor())
+    worker.save_checkpoint(str(tmp_path / "actor"))
+    assert (tmp_path / "actor" / OBJECTIVE_STATE_FILE).exists()
+    sv._CACHE.clear()  # a fresh process resuming
+    worker.load_checkpoint(str(tmp_path / "actor"))
+    assert worker.actor.calls == ["save", "load"]
+    assert sv.stats_objective(cfg).state_dict() == want and want["step"] == 2
