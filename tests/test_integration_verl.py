@@ -358,7 +358,7 @@ EXAMPLES_SCRIPT = textwrap.dedent(
                          "val_n": cfg.actor_rollout_ref.rollout.val_kwargs.n,
                          "val_dump": cfg.trainer.get("validation_data_dir"),
                          "chat_template": cfg.actor_rollout_ref.model.get("custom_chat_template"),
-                         "score": [score("math", "\\\\boxed{2}", "2"), score("math", "\\\\boxed{3}", "2")]}
+                         "score": [score("math", "\\\\boxed{2}", "2")["score"], score("math", "\\\\boxed{3}", "2")["acc"]]}
     print("JSON" + json.dumps(out))
     """
 )
@@ -398,6 +398,6 @@ def test_example_scripts_compose_with_verls_config():
     for r in out.values():
         assert r["objective"] and r["use_v1"] is False
         assert r["worker"] == "StaleRLActorRolloutRefWorker" and r["workers"] == ["StaleRLActorRolloutRefWorker"]
-        assert r["score"] == [1.0, 0.1]  # stalerl's compute_score, loaded by verl's own loader
+        assert r["score"] == [1.0, 0.0]  # stalerl's compute_score, loaded by verl's own loader
         assert r["chat_template"] == PLAIN_CHAT_TEMPLATE
     assert out["prosperity-grpo-s0"]["val_n"] == 4

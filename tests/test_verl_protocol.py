@@ -231,8 +231,14 @@ def test_compute_score_hand_cases_and_a_hanging_output_scores_zero():
     from verl.utils.import_utils import load_extern_object
 
     # loaded the way verl loads reward.custom_reward_function (path pkg://..., name compute_score)
-    score = load_extern_object("pkg://stalerl.rewards.verl_score", "compute_score")
-    assert score("math", "so the answer is \\boxed{\\frac{1}{2}}", "0.5") == 1.0
+    compute_score = load_extern_object("pkg://stalerl.rewards.verl_score", "compute_score")
+
+    def score(*args, **kw):
+        out = compute_score(*args, **kw)
+        assert set(out) == {"score", "acc", "pred"} and out["acc"] == float(out["score"] == 1.0)
+        return out["score"]
+
+    assert compute_score("math", "so \\boxed{\\frac{1}{2}}", "0.5") == {"score": 1.0, "acc": 1.0, "pred": "\\frac{1}{2}"}
     assert score("math", "first \\boxed{3}, no wait: \\boxed{4}", "4", {"index": 0}) == 1.0  # the last box
     assert score("math", "\\boxed{3}", "4") == 0.1  # extracted but wrong: format_score
     assert score("math", "\\boxed{3}", "4", format_score=0.0) == 0.0  # the released code's value

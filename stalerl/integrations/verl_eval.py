@@ -5,8 +5,8 @@ estimate with replacement, not the unbiased pass@k of Chen et al. 2021). With
 ``trainer.validation_data_dir=DIR`` verl writes ``DIR/<step>.jsonl`` (one line per sample:
 ``input``, ``output``, ``gts``, ``score``, ``step``); this module groups the samples by prompt and
 applies :func:`stalerl.evaluation.metrics.pass_at_k` (``1 - C(n-c, k) / C(n, k)``), a sample being
-correct when its score reaches ``correct_threshold`` (1.0 with :mod:`stalerl.rewards.verl_score`,
-whose wrong-but-boxed answers score 0.1).
+correct when its ``acc`` is 1 (written by :mod:`stalerl.rewards.verl_score`) or, without ``acc``,
+when its score reaches ``correct_threshold`` (wrong-but-boxed answers score 0.1).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def pass_at_k_from_dump(path: str, ks: list[int] | None = None, correct_threshol
                 continue
             try:
                 row = json.loads(line)
-                correct[str(row["input"])].append(float(row["score"]) >= correct_threshold)
+                ok = float(row["acc"]) >= 1.0 if "acc" in row else float(row["score"]) >= correct_threshold
+                correct[str(row["input"])].append(ok)
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"{path}, line {number}: not a verl validation sample ({err})") from None
     if not correct:

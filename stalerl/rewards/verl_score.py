@@ -50,8 +50,13 @@ def compute_score(
     timeout_s: float = 5.0,
     num_workers: int | None = 1,
     **kwargs: Any,
-) -> float:
+) -> dict[str, Any]:
     """The M2PO reward of one response (verl's ``compute_score`` signature).
+
+    Returns verl's dict form ``{"score": reward, "acc": 1.0 if correct else 0.0, "pred": the
+    extracted answer or ""}``: verl trains on ``score`` and reports ``acc`` (not the reward, which
+    includes the 0.1 format reward) as ``val-core/<data_source>/acc/mean@n``, and ``pred`` gives
+    its ``maj@n``.
 
     Args:
         data_source: the row's ``data_source`` (unused: every source is scored as math).
@@ -64,6 +69,7 @@ def compute_score(
         **kwargs: other keywords verl passes (ignored).
     """
     batch = _reward(format_score, timeout_s, num_workers)([solution_str], [ground_truth])
+    pred = (batch.answers[0] if batch.answers else None) or ""
     if batch.counts.get("timeout") or batch.counts.get("error"):
-        return 0.0
-    return float(batch.scores[0])
+        return {"score": 0.0, "acc": 0.0, "pred": pred}
+    return {"score": float(batch.scores[0]), "acc": float(batch.correct[0]), "pred": pred}
