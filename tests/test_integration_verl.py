@@ -221,7 +221,7 @@ def test_stateful_objective_steps_once_per_call_and_is_cached():
     for _ in range(3):
         metrics = call_verl("ac_mispo", lp, old, adv, mask, cfg)[2]
     # without stalerl's actor worker: the per-micro-batch fallback, one controller step per call
-    (key, obj), = [(k, o) for k, o in sv.objective_cache().items()
+    (_key, obj), = [(k, o) for k, o in sv.objective_cache().items()
                    if k[0] == "ac_mispo" and o.config.stats_scope == "micro"]
     assert obj.state_dict()["step"] == 3 and metrics["actor/controller_step"] == 3.0
 

@@ -22,19 +22,19 @@ import torch
 
 pytest.importorskip("verl.workers.utils.losses", reason="verl is a test dependency (pip install stalerl[test])")
 
-from functools import partial  # noqa: E402
+from functools import partial
 
-from tensordict import TensorDict  # noqa: E402
-from verl.utils import tensordict_utils as tu  # noqa: E402
-from verl.workers.config import ActorConfig, PolicyLossConfig  # noqa: E402
-from verl.workers.engine.utils import prepare_micro_batches  # noqa: E402
-from verl.workers.utils.losses import ppo_loss  # noqa: E402
-from verl.workers.utils.padding import left_right_2_no_padding  # noqa: E402
+from tensordict import TensorDict
+from verl.utils import tensordict_utils as tu
+from verl.workers.config import ActorConfig
+from verl.workers.engine.utils import prepare_micro_batches
+from verl.workers.utils.losses import ppo_loss
+from verl.workers.utils.padding import left_right_2_no_padding
 
-from stalerl import objectives  # noqa: E402
-from stalerl.integrations import verl as sv  # noqa: E402
-from stalerl.integrations import verl_minibatch  # noqa: E402
-from stalerl.objectives import distributed as dist_utils  # noqa: E402
+from stalerl import objectives
+from stalerl.integrations import verl as sv
+from stalerl.integrations import verl_minibatch
+from stalerl.objectives import distributed as dist_utils
 
 D = torch.float64
 B, P, R = 8, 3, 6
@@ -192,7 +192,7 @@ def _rank_main(rank: int, port: int, outdir: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         rows = slice(0, 4) if rank == 0 else slice(4, 8)
-        td, current, old, adv, mask = mini_batch()
+        td, current, old, _adv, _mask = mini_batch()
         engine = ContractEngine(current)
         loss, _ = run_update(engine, verl_batch(td, rows, global_batch=B), actor_config())
         bounds = []
@@ -211,7 +211,7 @@ def test_two_ranks_gloo_equal_one_process_mini_batch(tmp_path):
 
     mp.spawn(_rank_main, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    td, current, old, adv, mask = mini_batch()
+    _td, current, old, adv, mask = mini_batch()
     out, grad = direct("m2po", current, old, adv, mask)
     # verl scales each rank's loss by dp_size and FSDP averages gradients over ranks
     torch.testing.assert_close((r0["loss"] + r1["loss"]) / 2, out.loss.detach(), rtol=1e-12, atol=1e-14)
@@ -409,7 +409,10 @@ def test_stalerl_training_worker_train_batch_runs_the_statistics_pass():
 
 
 def test_actor_worker_checkpoint_carries_the_controller_state(tmp_path):
-    from stalerl.integrations.verl_actor import OBJECTIVE_STATE_FILE, StaleRLActorRolloutRefWorker
+    from stalerl.integrations.verl_actor import (
+        OBJECTIVE_STATE_FILE,
+        StaleRLActorRolloutRefWorker,
+    )
 
     class Actor:  # verl's TrainingWorker checkpoint calls, recorded
         def __init__(self):
@@ -422,7 +425,7 @@ def test_actor_worker_checkpoint_carries_the_controller_state(tmp_path):
             self.calls.append("load")
 
     sv._CACHE.clear()
-    td, current, old, adv, mask = mini_batch(seed=1)
+    td, current, old, _adv, _mask = mini_batch(seed=1)
     cfg = actor_config("ac_mispo")
     for k in range(2):
         run_update(ContractEngine(old + (current - old) * 0.02 * (k + 1)), verl_batch(td, slice(0, B)), cfg)

@@ -30,17 +30,20 @@ import logging
 import os
 
 import torch
+from verl.single_controller.base.decorator import (
+    Dispatch,
+    make_nd_compute_dataproto_dispatch_fn,
+    register,
+)
+from verl.utils import tensordict_utils as tu
+from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
 
 from stalerl.integrations import verl as stalerl_verl
 from stalerl.integrations import verl_minibatch
 
-from verl.single_controller.base.decorator import Dispatch, make_nd_compute_dataproto_dispatch_fn, register
-from verl.utils import tensordict_utils as tu
-from verl.workers.engine_workers import ActorRolloutRefWorker, TrainingWorker
-
 logger = logging.getLogger(__name__)
 
-__all__ = ["StaleRLTrainingWorker", "StaleRLActorRolloutRefWorker", "OBJECTIVE_STATE_FILE"]
+__all__ = ["OBJECTIVE_STATE_FILE", "StaleRLActorRolloutRefWorker", "StaleRLTrainingWorker"]
 
 OBJECTIVE_STATE_FILE = "stalerl_objectives.pt"
 """File written into verl's actor checkpoint directory with the stateful objectives' state."""
@@ -61,15 +64,16 @@ class StaleRLTrainingWorker(TrainingWorker):
             return super().train_batch(data)
         # The keys TrainingWorker.train_batch would add, added now so that the statistics pass
         # splits the mini-batch into the training micro-batches (not the log-prob ones).
-        defaults = dict(
-            use_remove_padding=self.model_config.get("use_remove_padding", False),
-            use_dynamic_bsz=self.engine_config.use_dynamic_bsz,
-            max_token_len_per_gpu=self.engine_config.max_token_len_per_gpu,
-            micro_batch_size_per_gpu=self.engine_config.micro_batch_size_per_gpu,
-            use_fused_kernels=self.engine_config.use_fused_kernels,
-        )
+        defaults = {
+            "use_remove_padding": self.model_config.get("use_remove_padding", False),
+            "use_dynamic_bsz": self.engine_config.use_dynamic_bsz,
+            "max_token_len_per_gpu": self.engine_config.max_token_len_per_gpu,
+            "micro_batch_size_per_gpu": self.engine_config.micro_batch_size_per_gpu,
+            "use_fused_kernels": self.engine_config.use_fused_kernels,
+        }
+        present = set(data.keys())  # a TensorDict's keys, non-tensor entries included
         for key, val in defaults.items():
-            if key not in data.keys():
+            if key not in present:
                 tu.assign_non_tensor(data, **{key: val})
         verl_minibatch.check_dp_is_world(self.engine.get_data_parallel_size())
         disable_auto_offload = tu.get(data, key="disable_auto_offload", default=False)

@@ -21,7 +21,6 @@ import os
 
 import hydra
 import ray
-
 import verl
 from verl.trainer.main_ppo_v0 import TaskRunner
 

@@ -29,14 +29,15 @@ process group must be the data-parallel group (FSDP/FSDP2 without Ulysses sequen
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
 from stalerl.objectives import distributed as dist_utils
 from stalerl.objectives.base import BatchStats, Objective
 
-__all__ = ["current_stats", "loss_inputs", "mini_batch_stats", "with_mini_batch_stats", "check_dp_is_world"]
+__all__ = ["check_dp_is_world", "current_stats", "loss_inputs", "mini_batch_stats", "with_mini_batch_stats"]
 
 _ACTIVE: list[tuple[Objective, BatchStats]] = []
 

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -40,7 +41,7 @@ from stalerl.staleness.buffer import StaleBuffer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StaleKConfig", "DataProtoStaleBuffer", "StaleK", "StaleKRayPPOTrainer", "QUEUE_FILE", "VERSION_KEY"]
+__all__ = ["QUEUE_FILE", "VERSION_KEY", "DataProtoStaleBuffer", "StaleK", "StaleKConfig", "StaleKRayPPOTrainer"]
 
 QUEUE_FILE = "stalerl_stale_queue.pt"
 """File written into each verl ``global_step_N`` checkpoint folder with the FIFO and the update count."""
