@@ -2,6 +2,11 @@
 
 * :mod:`stalerl.integrations.verl` — a ``verl.plugins`` entry point that registers every
   objective as a verl policy loss (``actor_rollout_ref.actor.policy_loss.loss_mode=m2po``).
+* :mod:`stalerl.integrations.verl_actor`, :mod:`~stalerl.integrations.verl_minibatch` — verl actor
+  workers that give those losses the whole mini-batch's statistics and checkpoint their state.
+* :mod:`stalerl.integrations.verl_stale` — the exact stale-k FIFO as a verl ``RayPPOTrainer``.
+* :mod:`stalerl.integrations.verl_main` — ``python -m stalerl.integrations.verl_main``, verl's PPO
+  entry point with the two above; :mod:`~stalerl.integrations.verl_eval` — pass@k from verl's dumps.
 * :mod:`stalerl.integrations.trl` — ``StaleRLGRPOTrainer``, a TRL ``GRPOTrainer`` whose loss is a
   stalerl objective.
 
