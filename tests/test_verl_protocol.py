@@ -287,6 +287,7 @@ def test_stale_k_fifo_feeds_update_u_from_policy_u_minus_s():
     for u, v in consumed:
         assert v == max(0, u - s)
     assert metrics[-1]["train/staleness"] == 8 + 1.5 and metrics[-1]["train/staleness_max"] == 11
+    assert metrics[-1]["train/staleness_min"] == 8
     assert metrics[-1]["actor/pg_loss"] == 0.0 and metrics[-1]["train/policy_version"] == 4
 
 

@@ -16,7 +16,7 @@ than ``s / m``, is what the actor trains on. ``_save_checkpoint`` / ``_load_chec
 FIFO and the update count (``stalerl_stale_queue.pt`` in each ``global_step_N`` folder). Logged per
 step: ``train/policy_version`` (the updates the consumed batch's policy had), ``train/staleness``
 (mean over the step's m updates of u − version, the same key as ``stalerl train``),
-``train/staleness_max``, ``train/stale_queue_len``.
+``train/staleness_min``, ``train/staleness_max``, ``train/stale_queue_len`` (docs/METRICS.md).
 
 The fill-up steps generate without updating, so verl's ``trainer.total_training_steps`` counts them:
 set it to (the updates you want) / m + s / m. verl's legacy trainer has no bypass mode here: the
@@ -109,6 +109,7 @@ class StaleK:
         metrics.update({
             "train/policy_version": float(version),
             "train/staleness": float(self.updates - version) + (m - 1) / 2,
+            "train/staleness_min": float(self.updates - version),
             "train/staleness_max": float(self.updates + m - 1 - version),
             "train/stale_queue_len": float(len(self.buffer)),
         })
