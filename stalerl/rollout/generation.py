@@ -160,7 +160,11 @@ def _generate_continuous(model, prompt_ids, prompt_mask, *, pad_id, eos_id, temp
 def _generate_static(model, prompt_ids, prompt_mask, *, pad_id, eos_id, temperature, top_p, max_new_tokens,
                      batch_size, max_batch_tokens, record_log_prob, logits_processor):
     """One ``model.generate`` per chunk (the sampler's log-probs from the processed scores)."""
+    from transformers import LogitsProcessorList
+
     device = next(model.parameters()).device
+    if logits_processor is not None and not isinstance(logits_processor, LogitsProcessorList):
+        logits_processor = LogitsProcessorList([logits_processor])
     L = prompt_ids.shape[1]
     chunk = rows_per_chunk(batch_size, max_batch_tokens, L, max_new_tokens)
     responses, sampler_lp = [], []
