@@ -232,6 +232,9 @@ def decode_continuous(
     while waiting or len(pool):
         if waiting and len(pool) <= refill_below:
             admitted = _admit(waiting, pool, plen_all, max_rows, max_batch_tokens, max_new_tokens)
+        else:
+            admitted = []
+        if admitted:
             new, logits = _prefill(model, prompts, admitted, pad_id, seed, max_new_tokens, device, pool.track_tokens,
                                    accepts_keep)
             sample(logits, new, new.tokens if pool.track_tokens else None)
@@ -240,6 +243,8 @@ def decode_continuous(
             drop_ended()
             if not len(pool):
                 continue
+        elif waiting and len(pool) <= refill_below:
+            refill_below = len(pool) - 1          # the budget is full: try again when a row ends
         mask = torch.cat([pool.mask, torch.ones_like(pool.last).unsqueeze(1)], dim=1)
         if pool.track_tokens:
             pool.tokens = torch.cat([pool.tokens, pool.last.unsqueeze(1)], dim=1)
