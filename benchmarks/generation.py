@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stalerl.rollout.generation import generate  # noqa: E402
+from stalerl.rollout.generation import generate
 
 ENGINES = ("static", "continuous")
 

@@ -229,8 +229,8 @@ def test_engine_and_budget_are_validated(tiny_overrides):
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_the_loop_trains_with_either_engine(make_config, engine):
-    from stalerl.training.loop import train
     from stalerl.training.logger import read_jsonl
+    from stalerl.training.loop import train
 
     config = make_config("steps=1", "objective.name=tis", f"rollout.engine={engine}", "rollout.batch_size=5",
                          "rollout.max_batch_tokens=400")
