@@ -21,6 +21,8 @@ left-padded mask). Columns that are padding in every live row are cut, so the ca
 **Token budget.** A row is admitted only if ``rows x (longest live prompt + max_new_tokens) <=
 max_batch_tokens`` still holds with it: the cache can never outgrow the budget, whatever the rows
 sample. ``max_rows`` (``rollout.batch_size``) caps the rows as well; one row is always admitted.
+Like ``DynamicCache`` itself (which concatenates at every step), appending and dropping rows copy
+the cache, so the peak is transiently about twice the resident cache.
 
 **The sampler and its log-prob.** For the logits ``z`` of one row (after the ``logits_processor``,
 if any), the sampling distribution is
