@@ -110,7 +110,17 @@ class RolloutConfig:
     max_new_tokens: int = 64
     """Maximum response length in tokens."""
     batch_size: int = 128
-    """Sequences generated at once."""
+    """Most sequences (rows) generated at once; ``max_batch_tokens`` may allow fewer."""
+    engine: Literal["continuous", "static"] = "continuous"
+    """``continuous``: continuous batching, only live rows decode and a row that ends is replaced by
+    a waiting prompt (:mod:`stalerl.rollout.engine`); ``static``: one ``model.generate`` per chunk
+    of rows, each decoding until its longest row ends (the same samples per seed as before the
+    continuous engine existed). Same distribution, different samples for one seed."""
+    max_batch_tokens: int | None = 262144
+    """Token budget of a generation batch: rows x (longest prompt + ``max_new_tokens``), the KV-cache
+    positions it can need, at most this (one row always runs); None = rows only. The KV cache costs
+    ``2 x layers x kv_heads x head_dim x bytes`` per position: Qwen3-1.7B in bf16 112 KiB, so 28 GiB
+    at the default."""
 
 
 @dataclass
@@ -349,6 +359,7 @@ def validate(config: TrainConfig) -> None:
         "rollout.group_size": config.rollout.group_size,
         "rollout.max_new_tokens": config.rollout.max_new_tokens,
         "rollout.batch_size": config.rollout.batch_size,
+        "rollout.max_batch_tokens": 1 if config.rollout.max_batch_tokens is None else config.rollout.max_batch_tokens,
         "optim.mini_batches": m,
         "optim.micro_batch_size": config.optim.micro_batch_size,
         "optim.max_nonfinite_in_row": config.optim.max_nonfinite_in_row,

@@ -159,6 +159,7 @@ def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_vers
     gen = generate(
         model, tokenizer, [p.text for p in prompts], group_size=rc.group_size, temperature=rc.temperature,
         top_p=rc.top_p, max_new_tokens=rc.max_new_tokens, batch_size=rc.batch_size, record_log_prob=record_rollout,
+        engine=rc.engine, max_batch_tokens=rc.max_batch_tokens,
     )
     t_generate = time.perf_counter() - t0
     answers = [p.answer for p in prompts for _ in range(rc.group_size)]
@@ -323,6 +324,7 @@ def evaluate(config, model, tokenizer, prompts, reward_fn, step: int) -> dict[st
         gen = generate(
             model, tokenizer, [p.text for p in prompts], group_size=n, temperature=config.eval.temperature,
             top_p=config.rollout.top_p, max_new_tokens=config.rollout.max_new_tokens, batch_size=config.rollout.batch_size,
+            engine=config.rollout.engine, max_batch_tokens=config.rollout.max_batch_tokens,
         )
     scored = reward_fn(gen.texts, [p.answer for p in prompts for _ in range(n)])
     correct = np.array(scored.correct, dtype=float).reshape(len(prompts), n)
