@@ -9,54 +9,174 @@ update's staleness ``u - version`` therefore lies in ``[s, s + m - 1]`` once the
 (``[0, m-1]``-ish growing during the fill-up), and ``s = 0`` is on-policy in the usual GRPO sense.
 
 Behaviour log-probs are stored with each batch (computed by the training model right after
-generation), and the whole queue is part of the checkpoint.
+generation), and the whole queue is part of the checkpoint (``buffer/buffer.safetensors`` plus
+``buffer/buffer.json``, :meth:`StaleBuffer.save`).
+
+Memory: each trajectory is stored unpadded (:class:`RolloutBatch`): 4 B per prompt token, 8 B per
+response token (12 B when the sampler's log-probs are recorded) and 16 B per trajectory. The
+paper-scale queue at s = 256, m = 4 holds 65 generation batches of 2048 trajectories; see
+docs/PERFORMANCE.md ("Memory per token") for what that comes to.
 """
 
 from __future__ import annotations
 
+import json
 from collections import deque
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
 
-@dataclass
 class RolloutBatch:
-    """One generation batch, as stored in the buffer. Tensors live on the CPU."""
+    """One generation batch, as stored in the buffer: each trajectory unpadded. Tensors live on the CPU.
 
-    input_ids: torch.Tensor
-    """(N, L + R) prompt (left-padded) followed by response (right-padded)."""
-    attention_mask: torch.Tensor
-    """(N, L + R) 1 for real tokens."""
-    response_mask: torch.Tensor
-    """(N, R) 1 for response tokens up to and including EOS."""
-    old_log_prob: torch.Tensor
-    """(N, R) behaviour log-probs, computed by the training model at generation time."""
-    advantages: torch.Tensor
-    """(N,) GRPO group advantages."""
-    rewards: torch.Tensor
-    """(N,) scalar rewards."""
-    policy_version: int
-    """Number of optimizer updates the generating policy had received."""
-    rollout_log_prob: torch.Tensor | None = None
-    """(N, R) the sampler's own log-probs, when recorded (TIS, MIS-PO reference='rollout')."""
-    info: dict[str, Any] = field(default_factory=dict)
-    """Generation-time metrics (reward, accuracy, lengths...) logged when the batch is made."""
+    Storage (all flat, trajectories one after the other, offsets from the lengths):
+
+    * ``tokens`` ``(sum_i p_i + r_i,)`` int32: prompt then response ids of each trajectory;
+    * ``old_log_prob`` (and ``rollout_log_prob`` when recorded) ``(sum_i r_i,)`` float32;
+    * ``prompt_lengths``, ``response_lengths`` ``(N,)`` int32; ``advantages``, ``rewards`` ``(N,)`` float32.
+
+    That is 4 B per prompt token, 8 B per response token (12 B with the sampler's log-probs) and
+    16 B per trajectory (:attr:`nbytes`), whatever the padding of the generation batch. Padding is
+    made only when a micro-batch is built (:meth:`micro_batch`: left-padded prompts, right-padded
+    responses, trimmed to the longest of its own rows). The constructor takes the padded layout
+    :func:`stalerl.rollout.generation.generate` returns, and the padded properties
+    (:attr:`input_ids` ...) rebuild it for the whole batch.
+    """
+
+    def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
+                 old_log_prob: torch.Tensor, advantages: torch.Tensor, rewards: torch.Tensor, policy_version: int,
+                 rollout_log_prob: torch.Tensor | None = None, info: dict[str, Any] | None = None,
+                 pad_token_id: int = 0) -> None:
+        """Pack a padded batch: ``input_ids``/``attention_mask`` ``(N, L + R)`` (prompt left-padded,
+        response right-padded), ``response_mask``/``old_log_prob``/``rollout_log_prob`` ``(N, R)``,
+        ``advantages``/``rewards`` ``(N,)``. The response part of ``attention_mask`` is
+        ``response_mask``; ``pad_token_id`` fills the padding when micro-batches are rebuilt."""
+        N, R = response_mask.shape
+        L = input_ids.shape[1] - R
+        prompt_mask = attention_mask[:, :L].bool()
+        response = response_mask.bool()
+        plen, rlen = prompt_mask.sum(-1), response.sum(-1)
+        cols = torch.arange(L)
+        if not torch.equal(prompt_mask, cols >= (L - plen)[:, None]) or \
+                not torch.equal(response, torch.arange(R) < rlen[:, None]):
+            raise ValueError("RolloutBatch expects left-padded prompts and right-padded responses "
+                             "(attention_mask ones at the end of the prompt part, response_mask ones first)")
+        keep = torch.cat([prompt_mask, response], dim=1)
+        self.tokens = input_ids[keep].to(torch.int32)
+        self.old_log_prob_flat = old_log_prob[response].float()
+        self.rollout_log_prob_flat = rollout_log_prob[response].float() if rollout_log_prob is not None else None
+        self.prompt_lengths = plen.to(torch.int32)
+        self.response_lengths = rlen.to(torch.int32)
+        self.advantages = advantages.float()
+        self.rewards = rewards.float()
+        self.policy_version = int(policy_version)
+        self.info = dict(info or {})  # generation-time metrics, logged when the batch is made
+        self.pad_token_id = int(pad_token_id)
+
+    # ------------------------------------------------------------------ storage
+
+    _TENSORS = ("tokens", "old_log_prob_flat", "rollout_log_prob_flat", "prompt_lengths", "response_lengths",
+                "advantages", "rewards")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored tensors."""
+        return sum(t.numel() * t.element_size() for name in self._TENSORS if (t := getattr(self, name)) is not None)
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus response tokens stored."""
+        return self.tokens.numel()
+
+    def __len__(self) -> int:
+        return self.prompt_lengths.shape[0]
 
     @property
     def response_length(self) -> int:
-        return self.response_mask.shape[1]
+        """R of the padded layout: the longest response (at least 1)."""
+        return max(int(self.response_lengths.max()) if len(self) else 0, 1)
 
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
+    # ------------------------------------------------------------------ padding on demand
+
+    def micro_batch(self, index: torch.Tensor, device=None) -> dict[str, torch.Tensor]:
+        """Rows ``index`` padded for a forward pass, trimmed to their own longest prompt and response.
+
+        Returns ``input_ids``/``attention_mask`` ``(n, L + R)``, ``response_mask``/``old_log_prob``
+        (and ``rollout_log_prob``) ``(n, R)`` and ``advantages`` ``(n,)`` on ``device``.
+        """
+        index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        plen = self.prompt_lengths.long()
+        rlen = self.response_lengths.long()
+        starts = torch.cumsum(plen + rlen, 0) - plen - rlen
+        rstarts = torch.cumsum(rlen, 0) - rlen
+        p, r, s, rs = plen[index], rlen[index], starts[index], rstarts[index]
+        L = int(p.max()) if index.numel() else 0
+        R = max(int(r.max()) if index.numel() else 0, 1)
+        col = torch.arange(L + R)
+        # column c of row i holds flat token start_i + p_i - L + c (prompt right-aligned at L)
+        valid = (col >= (L - p)[:, None]) & (col < (L + r)[:, None])
+        src = (s + p - L)[:, None] + col
+        ids = self.tokens[src.clamp(0, max(self.num_tokens - 1, 0))].long()
+        response_mask = (torch.arange(R) < r[:, None]).long()
+        rsrc = (rs[:, None] + torch.arange(R)).clamp(0, max(self.old_log_prob_flat.numel() - 1, 0))
+        out = {
+            "input_ids": torch.where(valid, ids, torch.full_like(ids, self.pad_token_id)),
+            "attention_mask": valid.long(),
+            "response_mask": response_mask,
+            "old_log_prob": self.old_log_prob_flat[rsrc] * response_mask,
+            "advantages": self.advantages[index],
+        }
+        if self.rollout_log_prob_flat is not None:
+            out["rollout_log_prob"] = self.rollout_log_prob_flat[rsrc] * response_mask
+        return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+    def _padded(self, key: str) -> torch.Tensor:
+        return self.micro_batch(torch.arange(len(self)))[key]
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        """(N, L + R) prompt (left-padded) followed by response (right-padded), built on demand."""
+        return self._padded("input_ids")
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(N, L + R) 1 for real tokens, built on demand."""
+        return self._padded("attention_mask")
+
+    @property
+    def response_mask(self) -> torch.Tensor:
+        """(N, R) 1 for response tokens up to and including EOS, built on demand."""
+        return self._padded("response_mask")
+
+    @property
+    def old_log_prob(self) -> torch.Tensor:
+        """(N, R) behaviour log-probs, computed by the training model at generation time."""
+        return self._padded("old_log_prob")
+
+    @property
+    def rollout_log_prob(self) -> torch.Tensor | None:
+        """(N, R) the sampler's own log-probs, when recorded (TIS, MIS-PO reference='rollout')."""
+        return self._padded("rollout_log_prob") if self.rollout_log_prob_flat is not None else None
+
+    # ------------------------------------------------------------------ serialisation
 
     def state_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        """The stored tensors and the metadata (what the async worker sends, what checkpoints save)."""
+        state = {name: getattr(self, name) for name in self._TENSORS}
+        state.update(policy_version=self.policy_version, info=self.info, pad_token_id=self.pad_token_id)
+        return state
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> "RolloutBatch":
-        return cls(**state)
+        batch = cls.__new__(cls)
+        for name in cls._TENSORS:
+            setattr(batch, name, state.get(name))
+        batch.policy_version = int(state["policy_version"])
+        batch.info = dict(state.get("info") or {})
+        batch.pad_token_id = int(state.get("pad_token_id", 0))
+        return batch
 
 
 class StaleBuffer:
@@ -116,6 +236,41 @@ class StaleBuffer:
                 f"this run has staleness={self.staleness}, mini_batches={self.mini_batches}"
             )
         self.queue = deque(RolloutBatch.from_state(b) for b in state["queue"])
+
+    def save(self, directory: Path) -> None:
+        """Write the queue as ``buffer.safetensors`` (every batch's tensors, named
+        ``<batch>.<tensor>``) plus ``buffer.json`` (staleness, mini-batches, each batch's version,
+        pad id and metrics); floats round-trip exactly through both."""
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors, batches = {}, []
+        for i, batch in enumerate(self.queue):
+            state = batch.state_dict()
+            for name in RolloutBatch._TENSORS:
+                if state[name] is not None:
+                    tensors[f"{i}.{name}"] = state[name].contiguous()
+            batches.append({k: state[k] for k in ("policy_version", "pad_token_id", "info")})
+        save_file(tensors, str(directory / "buffer.safetensors"))
+        meta = {"staleness": self.staleness, "mini_batches": self.mini_batches, "batches": batches}
+        (directory / "buffer.json").write_text(json.dumps(meta))
+
+    def load(self, directory: Path) -> None:
+        """Read what :meth:`save` wrote (the same checks as :meth:`load_state_dict`)."""
+        self.load_state_dict(read_buffer_state(directory))
+
+
+def read_buffer_state(directory: Path) -> dict[str, Any]:
+    """The :meth:`StaleBuffer.state_dict` that :meth:`StaleBuffer.save` wrote into ``directory``."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((directory / "buffer.json").read_text())
+    tensors = load_file(str(directory / "buffer.safetensors"))
+    queue = []
+    for i, batch in enumerate(meta["batches"]):
+        state = {name: tensors.get(f"{i}.{name}") for name in RolloutBatch._TENSORS}
+        queue.append({**state, **batch})
+    return {"staleness": meta["staleness"], "mini_batches": meta["mini_batches"], "queue": queue}
 
 
 def expected_policy_version(first_update: int, staleness: int) -> int:

@@ -2,13 +2,17 @@
 
 Layout of a run directory's ``checkpoints/``::
 
-    step_000010/            model.safetensors, config.json, tokenizer files, state.pt
+    step_000010/            model.safetensors, config.json, tokenizer files, state.pt,
+                            buffer/buffer.safetensors + buffer/buffer.json (the stale buffer)
     latest                  the name of the newest complete checkpoint
 
 A checkpoint is written into a temporary directory and renamed into place, and ``latest`` is
 replaced atomically afterwards, so a kill at any moment leaves the previous checkpoint usable.
-``state.pt`` holds the optimizer, the stale buffer, the objective's state, the RNG states and the
-counters (a pickle of our own objects: load only checkpoints you wrote).
+``state.pt`` holds the optimizer, the objective's state, the RNG states and the counters (a pickle
+of our own objects: load only checkpoints you wrote). The stale buffer, the bulk of the state, is
+not pickled: its tensors are a safetensors file and its metadata JSON
+(:meth:`stalerl.staleness.buffer.StaleBuffer.save`); :func:`load_state` returns it under
+``"buffer"``. With mixed precision the weights saved are the float32 masters, so resume is exact.
 """
 
 from __future__ import annotations
@@ -20,9 +24,13 @@ from typing import Any
 
 import torch
 
+from stalerl.staleness.buffer import read_buffer_state
 
-def save_checkpoint(ckpt_root: Path, step: int, model, tokenizer, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``step_<step>`` atomically, point ``latest`` to it, keep the newest ``keep``."""
+
+def save_checkpoint(ckpt_root: Path, step: int, model, tokenizer, state: dict[str, Any], keep: int = 2,
+                    buffer=None) -> Path:
+    """Write ``step_<step>`` atomically, point ``latest`` to it, keep the newest ``keep``.
+    ``buffer`` (a :class:`~stalerl.staleness.buffer.StaleBuffer`) is written under ``buffer/``."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
     final = ckpt_root / name
@@ -33,6 +41,9 @@ def save_checkpoint(ckpt_root: Path, step: int, model, tokenizer, state: dict[st
     model.save_pretrained(tmp, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
+    if buffer is not None:
+        buffer.save(tmp / "buffer")
+        _fsync_dir(tmp / "buffer")
     torch.save(state, tmp / "state.pt")
     _fsync_dir(tmp)
     if final.exists():
@@ -57,8 +68,11 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
 
 
 def load_state(path: Path) -> dict[str, Any]:
-    """The loop state saved with a checkpoint."""
-    return torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    """The loop state saved with a checkpoint (the stale buffer's state under ``"buffer"``)."""
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    if (path / "buffer" / "buffer.json").is_file():
+        state["buffer"] = read_buffer_state(path / "buffer")
+    return state
 
 
 def _prune(ckpt_root: Path, keep: int) -> None:

@@ -50,7 +50,12 @@ class ModelConfig:
     testbed_size: Literal["tiny", "small"] = "small"
     """Size of the embedded testbed model: ``tiny`` (tests) or ``small`` (default)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Parameter dtype: ``float32``, ``bfloat16`` or ``float16`` (losses are computed in float32)."""
+    """Compute dtype of the policy. ``float32``: everything in float32. ``bfloat16`` /
+    ``float16``: mixed precision: float32 master weights, gradients and AdamW states, and every
+    forward pass (generation, behaviour log-probs, training) under ``torch.autocast`` in this dtype;
+    log-probs and the objective stay float32 (:mod:`stalerl.training.precision`). The async
+    rollout worker holds its copy in this dtype. With ``master_weights=false`` the weights themselves
+    are stored in this dtype. ``float16`` has no loss scaling: prefer ``bfloat16``."""
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``/``cuda:N``."""
     attn_implementation: str | None = None
@@ -59,6 +64,10 @@ class ModelConfig:
     """Recompute activations in the backward pass (saves memory on large models)."""
     logprob_chunk_size: int = 1024
     """Token positions per chunk when computing log-probs and entropy (memory-light path)."""
+    master_weights: bool = True
+    """With ``dtype`` bfloat16/float16: keep float32 master weights and AdamW states (true) or
+    store the weights and optimizer states in ``dtype`` (false: half the memory, but AdamW steps
+    of lr 1e-6 round away in bf16; warns). No effect with ``float32``."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ pass recomputes each chunk's logits rather than keeping them alive, so peak memo
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -206,13 +207,22 @@ def token_log_probs_from_hidden(
         )
     out_shape = target_ids.shape
     h2 = hidden.reshape(-1, hidden.shape[-1])
+    device_type = h2.device.type
+    autocast_on = torch.is_autocast_enabled(device_type)
+    if autocast_on:
+        # Mixed precision: the head's matmuls in the autocast dtype (a differentiable cast, so the
+        # float32 master receives a float32 gradient), the reductions in float32 as always.
+        low = torch.get_autocast_dtype(device_type)
+        lm_head_weight = lm_head_weight.to(low)
+        lm_head_bias = lm_head_bias.to(low) if lm_head_bias is not None else None
     if h2.dtype != lm_head_weight.dtype:
         h2 = h2.to(lm_head_weight.dtype)
     t1 = target_ids.reshape(-1).long()
-    logp, ent = _ChunkedTokenLogProbs.apply(
-        h2, lm_head_weight, lm_head_bias, t1, 1.0 / float(temperature), int(chunk_size),
-        bool(compute_entropy),
-    )
+    with torch.autocast(device_type, enabled=False) if autocast_on else contextlib.nullcontext():
+        logp, ent = _ChunkedTokenLogProbs.apply(
+            h2, lm_head_weight, lm_head_bias, t1, 1.0 / float(temperature), int(chunk_size),
+            bool(compute_entropy),
+        )
     logp = logp.view(out_shape)
     ent = ent.view(out_shape) if ent is not None else None
     return logp, ent

@@ -39,6 +39,7 @@ from stalerl.data.prompts import PromptSampler, build_prompts
 from stalerl.rollout.generation import behaviour_log_probs, generate
 from stalerl.staleness.buffer import RolloutBatch, StaleBuffer
 from stalerl.training import checkpoint as ckpt
+from stalerl.training import precision
 from stalerl.training.advantages import group_advantages
 from stalerl.training.config import TrainConfig, to_dict, validate
 from stalerl.training.logger import RunLogger, read_jsonl
@@ -91,8 +92,8 @@ def load_policy(config: TrainConfig, progress: bool = True):
         from stalerl.testbed.warmstart import warm_start
 
         path = str(warm_start(size=mc.testbed_size, progress=progress))
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[mc.dtype]
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    precision.check_precision(mc)
+    kwargs: dict[str, Any] = {"dtype": precision.storage_dtype(mc)}  # float32 masters for bf16/fp16
     if mc.attn_implementation:
         kwargs["attn_implementation"] = mc.attn_implementation
     local = Path(path).expanduser()
@@ -156,11 +157,13 @@ def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_vers
     rc = config.rollout
     prompts = sampler.take(rc.prompts_per_step)
     t0 = time.perf_counter()
+    sampling_model = precision.generation_model(model, config.model)  # bf16 copy over float32 masters
     gen = generate(
-        model, tokenizer, [p.text for p in prompts], group_size=rc.group_size, temperature=rc.temperature,
+        sampling_model, tokenizer, [p.text for p in prompts], group_size=rc.group_size, temperature=rc.temperature,
         top_p=rc.top_p, max_new_tokens=rc.max_new_tokens, batch_size=rc.batch_size, record_log_prob=record_rollout,
         engine=rc.engine, max_batch_tokens=rc.max_batch_tokens,
     )
+    del sampling_model
     t_generate = time.perf_counter() - t0
     answers = [p.answer for p in prompts for _ in range(rc.group_size)]
     t0 = time.perf_counter()
@@ -169,10 +172,11 @@ def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_vers
     rewards = torch.tensor(scored.scores, dtype=torch.float32)
     advantages, zero_variance = group_advantages(rewards, rc.group_size)
     t0 = time.perf_counter()
-    old_log_prob = behaviour_log_probs(
-        model, gen.input_ids, gen.attention_mask, gen.response_mask.shape[1], temperature=rc.temperature,
-        micro_batch_size=config.optim.micro_batch_size, chunk_size=config.model.logprob_chunk_size,
-    )
+    with _compute(config, model):
+        old_log_prob = behaviour_log_probs(
+            model, gen.input_ids, gen.attention_mask, gen.response_mask.shape[1], temperature=rc.temperature,
+            micro_batch_size=config.optim.micro_batch_size, chunk_size=config.model.logprob_chunk_size,
+        )
     t_behaviour = time.perf_counter() - t0
     lengths = gen.response_mask.sum(-1).float()
     info = {
@@ -194,32 +198,24 @@ def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_vers
     return RolloutBatch(
         input_ids=gen.input_ids, attention_mask=gen.attention_mask, response_mask=gen.response_mask,
         old_log_prob=old_log_prob, advantages=advantages, rewards=rewards, policy_version=policy_version,
-        rollout_log_prob=gen.rollout_log_prob, info=info,
+        rollout_log_prob=gen.rollout_log_prob, info=info, pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def _compute(config, model):
+    """The policy's forward passes run in ``model.dtype`` over float32 masters (autocast)."""
+    return precision.autocast(config.model, next(model.parameters()).device)
 
 
 # ============================================================================ updates
 
 def _slice(batch: RolloutBatch, index: torch.Tensor, device) -> dict[str, torch.Tensor]:
-    """Rows of a batch, trimmed to the longest response among them, on ``device``."""
-    response_mask = batch.response_mask[index]
-    R_full = batch.response_length
-    R = max(int(response_mask.sum(-1).max()), 1)
-    L = batch.input_ids.shape[1] - R_full
-    out = {
-        "input_ids": batch.input_ids[index, : L + R],
-        "attention_mask": batch.attention_mask[index, : L + R],
-        "response_mask": response_mask[:, :R],
-        "old_log_prob": batch.old_log_prob[index, :R],
-        "advantages": batch.advantages[index],
-    }
-    if batch.rollout_log_prob is not None:
-        out["rollout_log_prob"] = batch.rollout_log_prob[index, :R]
-    return {k: v.to(device) for k, v in out.items()}
+    """Rows of a batch, padded to the longest prompt and response among them, on ``device``."""
+    return batch.micro_batch(index, device)
 
 
 def _current_log_prob(model, micro, config, with_grad: bool):
-    with torch.set_grad_enabled(with_grad):
+    with torch.set_grad_enabled(with_grad), _compute(config, model):
         return completion_log_probs(
             model, micro["input_ids"], micro["attention_mask"], micro["response_mask"].shape[1],
             temperature=config.rollout.temperature, chunk_size=config.model.logprob_chunk_size,
@@ -321,11 +317,13 @@ def evaluate(config, model, tokenizer, prompts, reward_fn, step: int) -> dict[st
     n = config.eval.samples
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed * 7919 + step)
+        sampling_model = precision.generation_model(model, config.model)
         gen = generate(
-            model, tokenizer, [p.text for p in prompts], group_size=n, temperature=config.eval.temperature,
+            sampling_model, tokenizer, [p.text for p in prompts], group_size=n, temperature=config.eval.temperature,
             top_p=config.rollout.top_p, max_new_tokens=config.rollout.max_new_tokens, batch_size=config.rollout.batch_size,
             engine=config.rollout.engine, max_batch_tokens=config.rollout.max_batch_tokens,
         )
+        del sampling_model
     scored = reward_fn(gen.texts, [p.answer for p in prompts for _ in range(n)])
     correct = np.array(scored.correct, dtype=float).reshape(len(prompts), n)
     summary = summarize(correct)
@@ -498,14 +496,13 @@ def _make_reward(config):
 def _save(root, state, model, tokenizer, optimizer, buffer, objective, sampler, config) -> None:
     payload = {
         "optimizer": optimizer.state_dict(),
-        "buffer": buffer.state_dict(),
         "objective": objective.state_dict(),
         "sampler": sampler.state_dict(),
         "loop": vars(state).copy(),
         "rng": rng_state(),
         "config": to_dict(config),
     }
-    ckpt.save_checkpoint(root, state.step, model, tokenizer, payload, keep=config.keep_checkpoints)
+    ckpt.save_checkpoint(root, state.step, model, tokenizer, payload, keep=config.keep_checkpoints, buffer=buffer)
 
 
 def _merge_fresh(previous: dict[str, float], info: dict[str, float]) -> dict[str, float]:
