@@ -83,3 +83,137 @@ def test_bf16_masters_update_equals_float32_update(make_config):
     pure = p1 - p0
     rel_pure = float((pure - ref).norm() / ref.norm())
     assert rel_pure > 0.9 and (pure != 0).float().mean() < 0.1, rel_pure  # measured: 0.994, 2% of weights moved
+
+
+# ============================================================================ the stale buffer's memory
+
+def test_stored_batch_bytes_per_token_do_not_depend_on_padding():
+    """4 B per prompt token, 8 B per response token (+4 B with the sampler's log-probs), 16 B per
+    trajectory; padding one row of a batch to 10x the others' length costs nothing."""
+    short = _synthetic_batch(vocab=100, n=6, seed=1, response_max=8)
+    P, R = int(short.prompt_lengths.sum()), int(short.response_lengths.sum())
+    assert short.nbytes == 4 * P + 8 * R + 16 * 6
+    ids, att, resp, olp = short.input_ids, short.attention_mask, short.response_mask, short.old_log_prob
+    pad = 80  # the same trajectories in a layout padded to 80 more response columns
+    padded = RolloutBatch(
+        input_ids=torch.cat([ids, torch.zeros(6, pad, dtype=torch.long)], 1),
+        attention_mask=torch.cat([att, torch.zeros(6, pad, dtype=torch.long)], 1),
+        response_mask=torch.cat([resp, torch.zeros(6, pad, dtype=torch.long)], 1),
+        old_log_prob=torch.cat([olp, torch.zeros(6, pad)], 1),
+        advantages=short.advantages, rewards=short.rewards, policy_version=0,
+        rollout_log_prob=torch.cat([olp, torch.zeros(6, pad)], 1),
+    )
+    assert padded.nbytes == short.nbytes + 4 * R  # only the sampler's log-probs were added
+    assert torch.equal(padded.input_ids, ids) and torch.equal(padded.old_log_prob, olp)
+    # the padded layout it replaces: int64 ids + two int64 masks + float32 log-probs per position
+    padded_layout = ids.numel() * 8 * 2 + resp.numel() * (8 + 4)
+    assert short.nbytes < padded_layout
+
+
+def test_micro_batch_rebuilds_the_generation_layout_trimmed_to_its_rows():
+    batch = _synthetic_batch(vocab=100, n=8, seed=2, pad_token_id=7)
+    full = {"input_ids": batch.input_ids, "response_mask": batch.response_mask, "old_log_prob": batch.old_log_prob}
+    assert (full["input_ids"][batch.attention_mask == 0] == 7).all()
+    rows = torch.tensor([5, 1])
+    micro = batch.micro_batch(rows)
+    L, R = int(batch.prompt_lengths[rows].max()), int(batch.response_lengths[rows].max())
+    assert micro["input_ids"].shape == (2, L + R) and micro["response_mask"].shape == (2, R)
+    Lfull = full["input_ids"].shape[1] - full["response_mask"].shape[1]
+    # the same real tokens at the same places relative to the prompt/response boundary
+    assert torch.equal(micro["input_ids"][:, :L + R], full["input_ids"][rows, Lfull - L:Lfull + R])
+    assert torch.equal(micro["old_log_prob"], full["old_log_prob"][rows, :R])
+
+
+def test_checkpointed_buffer_is_safetensors_and_json_and_round_trips_exactly(tmp_path, tiny_testbed):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from stalerl.staleness.buffer import StaleBuffer
+    from stalerl.training import checkpoint as ckpt
+
+    buf = StaleBuffer(4, 2)
+    for seed in range(3):
+        b = _synthetic_batch(vocab=100, n=4, seed=seed, pad_token_id=3)
+        b.rollout_log_prob_flat = b.old_log_prob_flat - 0.125 if seed == 1 else None
+        b.policy_version = seed
+        b.info = {"rollout/accuracy": 1 / 3, "rollout/batch_index": float(seed)}
+        buf.push(b)
+    model = AutoModelForCausalLM.from_pretrained(tiny_testbed)
+    path = ckpt.save_checkpoint(tmp_path, 1, model, None, {"loop": {"step": 1}}, buffer=buf)
+    assert sorted(p.name for p in (path / "buffer").iterdir()) == ["buffer.json", "buffer.safetensors"]
+    assert load_file(str(path / "buffer" / "buffer.safetensors"))["0.tokens"].dtype == torch.int32
+    raw = torch.load(path / "state.pt", weights_only=False)
+    assert "buffer" not in raw  # not pickled
+    restored = StaleBuffer(4, 2)
+    restored.load_state_dict(ckpt.load_state(path)["buffer"])
+    assert len(restored) == 3
+    for a, b in zip(buf.queue, restored.queue):
+        assert a.policy_version == b.policy_version and a.info == b.info and a.pad_token_id == b.pad_token_id
+        for name in RolloutBatch._TENSORS:
+            x, y = getattr(a, name), getattr(b, name)
+            assert (x is None and y is None) or (x.dtype == y.dtype and torch.equal(x, y)), name
+
+
+# ============================================================================ token-budget micro-batches
+
+class _RecordLoss:
+    """The objective, summing the loss of every micro-batch call."""
+
+    def __init__(self, objective) -> None:
+        self.objective, self.loss = objective, 0.0
+
+    def __call__(self, *args, **kwargs):
+        out = self.objective(*args, **kwargs)
+        self.loss += float(out.loss.detach())
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.objective, name)
+
+
+class _RecordGrad:
+    """An optimizer that keeps the gradient instead of stepping."""
+
+    def __init__(self, model) -> None:
+        self.model, self.grad = model, None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.model.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.grad = torch.cat([p.grad.reshape(-1).clone() for p in self.model.parameters() if p.grad is not None])
+
+
+def _loss_and_grad(config, model, batch, rows, name, hparams):
+    objective = _RecordLoss(objectives.build(name, **hparams))
+    optimizer = _RecordGrad(model)
+    loop.update(config, model, optimizer, objective, batch, rows, LoopState())
+    return objective.loss, optimizer.grad
+
+
+@pytest.mark.parametrize("name,hparams", [
+    ("m2po", {}),
+    ("grpo", {}),
+    ("mispo_random_traj", {"traj_low": 0.98, "traj_high": 1.02}),  # a band some trajectories fall in
+    ("grpo", {"loss_agg_mode": "seq-mean-token-mean"}),
+])
+def test_token_budget_micro_batches_give_the_loss_and_gradient_of_one_big_batch(make_config, name, hparams):
+    budget = 40
+    budgeted = make_config("optim.grad_clip=1e9", f"optim.max_tokens_per_micro_batch={budget}")
+    whole = make_config("optim.grad_clip=1e9", "optim.micro_batch_size=16")
+    model, _, _ = load_policy(whole, progress=False)
+    batch = _synthetic_batch(vocab=100, n=12, seed=3, prompt_max=6, response_max=14)
+    with torch.no_grad():  # behaviour log-probs near the policy's, so ratios are near 1 (as after generation)
+        lp, _ = loop._current_log_prob(model, batch.micro_batch(torch.arange(12)), whole, with_grad=False)
+        batch.old_log_prob_flat = (lp + 0.05 * torch.randn_like(lp))[batch.response_mask.bool()]
+    rows = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    micros = loop._micro_batches(batch, rows, budgeted)
+    assert len(micros) >= 3 and sorted(torch.cat(micros).tolist()) == list(range(12))
+    for m in micros:
+        size = len(m) * int(batch.prompt_lengths[m].max() + batch.response_lengths[m].max())
+        assert size <= budget or len(m) == 1
+    loss_micro, grad_micro = _loss_and_grad(budgeted, model, batch, rows, name, hparams)
+    loss_one, grad_one = _loss_and_grad(whole, model, batch, torch.cat(micros), name, hparams)
+    assert loss_micro == pytest.approx(loss_one, rel=1e-5, abs=1e-7)
+    assert torch.allclose(grad_micro, grad_one, rtol=1e-4, atol=1e-7)
+    assert grad_one.abs().max() > 1e-4 and abs(loss_one) > 1e-6  # a real loss and gradient

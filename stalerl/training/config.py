@@ -180,6 +180,11 @@ class OptimConfig:
     """Sequences per forward/backward pass (gradient accumulation inside a mini-batch)."""
     max_nonfinite_in_row: int = 5
     """Stop the run after this many consecutive skipped (non-finite) updates."""
+    max_tokens_per_micro_batch: int | None = None
+    """Token budget of a training micro-batch (rows x (longest prompt + longest response) after
+    trimming); rows are sorted by length and packed up to it, so long responses do not run out of
+    memory and short ones are not processed a few at a time. None: ``micro_batch_size`` rows per
+    micro-batch. Either way the loss is normalised over the whole mini-batch."""
 
 
 @dataclass
@@ -378,6 +383,9 @@ def validate(config: TrainConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    budget = config.optim.max_tokens_per_micro_batch
+    if budget is not None and budget < 1:
+        raise ConfigError(f"optim.max_tokens_per_micro_batch must be >= 1 or null, got {budget}")
     for key, value in {"optim.lr": config.optim.lr, "rollout.temperature": config.rollout.temperature}.items():
         if value <= 0:
             raise ConfigError(f"{key} must be > 0, got {value}")

@@ -214,6 +214,30 @@ def _slice(batch: RolloutBatch, index: torch.Tensor, device) -> dict[str, torch.
     return batch.micro_batch(index, device)
 
 
+def _micro_batches(batch: RolloutBatch, rows: torch.Tensor, config) -> list[torch.Tensor]:
+    """The micro-batches of the mini-batch ``rows``: ``optim.micro_batch_size`` rows each, or, with
+    ``optim.max_tokens_per_micro_batch``, the rows sorted by length and packed greedily so that a
+    micro-batch's padded size (rows x (longest prompt + longest response), as :meth:`RolloutBatch.micro_batch`
+    builds it) stays within the budget; a row longer than the budget goes alone. The objective
+    normalises by mini-batch totals (``batch_stats``), so the split changes only float rounding."""
+    budget = config.optim.max_tokens_per_micro_batch
+    if budget is None:
+        return list(rows.split(config.optim.micro_batch_size))
+    plen, rlen = batch.prompt_lengths[rows].long(), batch.response_lengths[rows].long().clamp(min=1)
+    order = torch.argsort(plen + rlen, stable=True).tolist()
+    micros, current, longest_p, longest_r = [], [], 0, 0
+    for i in order:
+        p, r = max(longest_p, int(plen[i])), max(longest_r, int(rlen[i]))
+        if current and (len(current) + 1) * (p + r) > budget:
+            micros.append(rows[current])
+            current, p, r = [], int(plen[i]), int(rlen[i])
+        current.append(i)
+        longest_p, longest_r = p, r
+    if current:
+        micros.append(rows[current])
+    return micros
+
+
 def _current_log_prob(model, micro, config, with_grad: bool):
     with torch.set_grad_enabled(with_grad), _compute(config, model):
         return completion_log_probs(
@@ -226,7 +250,7 @@ def _current_log_prob(model, micro, config, with_grad: bool):
 def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch.Tensor, state: LoopState):
     """One optimizer update on the mini-batch ``rows`` of ``batch``; returns its metrics and diagnostics."""
     device = next(model.parameters()).device
-    micro_rows = rows.split(config.optim.micro_batch_size)
+    micro_rows = _micro_batches(batch, rows, config)
     micros = [_slice(batch, r, device) for r in micro_rows]
     rollout_lp = [m.get("rollout_log_prob") for m in micros]
     rollout_lp = None if any(x is None for x in rollout_lp) else rollout_lp
