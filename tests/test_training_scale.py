@@ -217,3 +217,23 @@ def test_token_budget_micro_batches_give_the_loss_and_gradient_of_one_big_batch(
     assert loss_micro == pytest.approx(loss_one, rel=1e-5, abs=1e-7)
     assert torch.allclose(grad_micro, grad_one, rtol=1e-4, atol=1e-7)
     assert grad_one.abs().max() > 1e-4 and abs(loss_one) > 1e-6  # a real loss and gradient
+
+
+# ============================================================================ async snapshots
+
+def test_async_snapshot_is_sent_in_the_compute_dtype(tiny_testbed):
+    """float32 masters go to a bf16 worker as bf16: 2 B per parameter, the values rounded once."""
+    from transformers import AutoModelForCausalLM
+
+    from stalerl.staleness.async_rollout import pack_state_dict, unpack_state_dict
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_testbed, dtype=torch.float32)
+    state = model.state_dict()
+    packed = pack_state_dict(model, torch.bfloat16)
+    assert set(packed["flats"]) == {"torch.bfloat16"}
+    numel = sum(t.numel() for t in state.values())
+    assert sum(f.numel() * f.element_size() for f in packed["flats"].values()) == 2 * numel
+    unpacked = unpack_state_dict(packed)
+    assert all(torch.equal(unpacked[k], v.to(torch.bfloat16)) for k, v in state.items())
+    same = unpack_state_dict(pack_state_dict(model))  # no dtype: the weights as they are
+    assert all(same[k].dtype == torch.float32 and torch.equal(same[k], v) for k, v in state.items())

@@ -17,6 +17,10 @@ Processes and messages
   ``state_dict`` tensors packed into one flat CPU tensor per dtype (shared memory) with the
   version number = the number of optimizer updates behind those weights. Before starting a batch
   the worker loads the newest snapshot it has received (older unread ones are dropped).
+  With ``model.dtype`` bf16/fp16 the worker's copy is in that dtype and the snapshot is sent in it
+  (:func:`pack_state_dict`): the trainer's float32 masters are cast tensor by tensor straight into
+  the CPU buffer, so a snapshot costs 2 B per parameter of host (shared) memory and, on the
+  trainer's device, one tensor's temporary at a time, never a second copy of the model.
 
 Staleness semantics (the bound)
 -------------------------------
@@ -76,6 +80,7 @@ import torch
 import torch.multiprocessing as tmp
 
 from stalerl.staleness.buffer import RolloutBatch, StaleBuffer
+from stalerl.training.precision import DTYPES
 
 __all__ = [
     "AsyncRollouts",
@@ -113,19 +118,27 @@ def split_threads(n_cpu: int | None = None) -> tuple[int, int]:
 
 # ============================================================================ snapshots
 
-def pack_state_dict(model) -> dict[str, Any]:
-    """The model's weights as one flat CPU tensor per dtype (few shared-memory segments) + layout."""
-    groups: dict[torch.dtype, list[torch.Tensor]] = {}
-    layout = []
-    offsets: dict[torch.dtype, int] = {}
+def pack_state_dict(model, dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """The model's weights as one flat CPU tensor per dtype (few shared-memory segments) + layout.
+
+    ``dtype`` (bf16/fp16) converts the floating-point tensors on the way: with float32 masters on a
+    GPU the worker gets its compute dtype without a float32 copy. Each tensor is cast and copied on
+    its own into the preallocated CPU tensor, so the device never holds more than one tensor's
+    temporary (no concatenated copy of the whole model).
+    """
+    entries, offsets = [], {}
     for name, t in model.state_dict().items():
-        t = t.detach()
-        off = offsets.get(t.dtype, 0)
-        layout.append((name, t.dtype, off, tuple(t.shape)))
-        offsets[t.dtype] = off + t.numel()
-        groups.setdefault(t.dtype, []).append(t.reshape(-1))
-    flats = {str(dt): torch.cat(ts).to("cpu", copy=True) for dt, ts in groups.items()}
-    return {"flats": flats, "layout": [(n, str(dt), off, shape) for n, dt, off, shape in layout]}
+        target = dtype if dtype is not None and t.is_floating_point() else t.dtype
+        off = offsets.get(target, 0)
+        entries.append((name, t.detach(), target, off))
+        offsets[target] = off + t.numel()
+    flats = {dt: torch.empty(n, dtype=dt) for dt, n in offsets.items()}
+    for _, t, target, off in entries:
+        flats[target][off:off + t.numel()].copy_(t.reshape(-1))
+    return {
+        "flats": {str(dt): flat for dt, flat in flats.items()},
+        "layout": [(name, str(target), off, tuple(t.shape)) for name, t, target, off in entries],
+    }
 
 
 def unpack_state_dict(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -161,8 +174,7 @@ def _worker_main(config, model_path: str, start_batch: int, end_batch: int, samp
         # Sampling noise differs from the trainer's stream; seeded per (run seed, start batch).
         torch.manual_seed(config.seed * 1_000_003 + 7_919 * (start_batch + 1))
         mc = config.model
-        dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[mc.dtype]
-        kwargs: dict[str, Any] = {"dtype": dtype}
+        kwargs: dict[str, Any] = {"dtype": DTYPES[mc.dtype]}  # the compute dtype: it only generates
         if mc.attn_implementation:
             kwargs["attn_implementation"] = mc.attn_implementation
         tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -260,6 +272,8 @@ class AsyncRolloutWorker:
                   self._snapshots, self._results, self._stop),
         )
         self._closed = False
+        # the worker's copy computes in model.dtype: send that, not the float32 masters
+        self._send_dtype = DTYPES[config.model.dtype] if config.model.dtype != "float32" else None
 
     @property
     def pid(self) -> int | None:
@@ -271,7 +285,7 @@ class AsyncRolloutWorker:
 
     def send_snapshot(self, model, version: int) -> None:
         """Send the model's current weights as policy version ``version`` (non-blocking)."""
-        self._snapshots.put((int(version), pack_state_dict(model)))
+        self._snapshots.put((int(version), pack_state_dict(model, self._send_dtype)))
 
     def _check(self, item):
         kind, k, payload, extra = item
