@@ -38,6 +38,8 @@ def test_paper_scale_uses_the_papers_batch_and_model(tmp_path):
     assert config.model.path == "Qwen/Qwen3-1.7B-Base"
     assert (config.rollout.prompts_per_step, config.rollout.group_size, config.optim.mini_batches) == (256, 8, 4)
     assert config.stale.staleness == 256 and config.optim.lr == 1e-6
+    # bf16 compute keeps float32 masters, so lr 1e-6 steps do not round away
+    assert config.model.dtype == "bfloat16" and config.model.master_weights
 
 
 def test_each_study_keeps_its_papers_own_setting(tmp_path):

@@ -237,3 +237,23 @@ def test_async_snapshot_is_sent_in_the_compute_dtype(tiny_testbed):
     assert all(torch.equal(unpacked[k], v.to(torch.bfloat16)) for k, v in state.items())
     same = unpack_state_dict(pack_state_dict(model))  # no dtype: the weights as they are
     assert all(same[k].dtype == torch.float32 and torch.equal(same[k], v) for k, v in state.items())
+
+
+# ============================================================================ benchmarks/gpu_check.py
+
+def test_gpu_check_runs_on_a_cpu_at_a_tiny_size(one_thread, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    summary = gpu_check.main(["--tiny", "--steps", "2", "--prompts", "2", "--group-size", "2",
+                              "--mini-batches", "1", "--max-new-tokens", "8", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "N = 0.1M parameters" in out and "mean over steps 2..2" in out and "peak RSS" in out
+    for key in ("generation_tokens_per_s", "training_tokens_per_s", "training_mfu", "generation_mfu",
+                "peak_memory_gb"):
+        assert summary[key] > 0, key
+    assert 1 <= summary["response_length_mean"] <= 8

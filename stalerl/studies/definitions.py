@@ -295,7 +295,8 @@ QUICK_OVERRIDES = [
 ]
 PAPER_OVERRIDES = [
     "model.path=Qwen/Qwen3-1.7B-Base",
-    "model.dtype=bfloat16",
+    "model.dtype=bfloat16",  # bf16 compute over float32 master weights and AdamW states
+    "model.master_weights=true",  # (the default) lr 1e-6 steps would round away in bf16 storage
     "model.attn_implementation=sdpa",
     "model.gradient_checkpointing=true",
     "data.train=agentica-org/DeepScaleR-Preview-Dataset",
@@ -310,6 +311,7 @@ PAPER_OVERRIDES = [
     "optim.mini_batches=4",
     "optim.lr=1e-6",
     "optim.micro_batch_size=8",
+    "optim.max_tokens_per_micro_batch=32768",  # 16k-token responses: micro-batches by tokens, not rows
     "eval.every=50",
     "eval.samples=4",
     "checkpoint_every=50",
