@@ -43,11 +43,14 @@ from pathlib import Path
 
 import torch
 
-QWEN3_0_6B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
-                  num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
-                  rope_theta=1_000_000.0)
-TINY = dict(vocab_size=None, hidden_size=64, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rope_theta=10_000.0)
+QWEN3_0_6B = {"vocab_size": 151936, "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
+              "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+              "max_position_embeddings": 40960, "rope_theta": 1_000_000.0}
+"""Qwen3-0.6B's config.json (its vocabulary included)."""
+TINY = {"vocab_size": None, "hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 512,
+        "rope_theta": 10_000.0}
+"""The tiny testbed's shape; ``vocab_size`` None = the testbed tokenizer's (100)."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -85,6 +85,38 @@ def test_bf16_masters_update_equals_float32_update(make_config):
     assert rel_pure > 0.9 and (pure != 0).float().mean() < 0.1, rel_pure  # measured: 0.994, 2% of weights moved
 
 
+def test_generation_samples_from_a_compute_dtype_copy_of_the_masters(make_config):
+    from stalerl.training import precision
+
+    config = make_config("model.dtype=bfloat16")
+    model, _, _ = load_policy(config, progress=False)
+    model.generation_config.min_new_tokens = 3
+    rng = torch.get_rng_state()
+    copy = precision.generation_model(model, config.model)
+    assert torch.equal(torch.get_rng_state(), rng)  # building it draws no random numbers
+    assert copy is not model and all(p.dtype == torch.bfloat16 for p in copy.parameters())
+    masters = dict(model.named_parameters())
+    assert all(torch.equal(p, masters[n].to(torch.bfloat16)) for n, p in copy.named_parameters())
+    assert copy.generation_config.min_new_tokens == 3 and not copy.training
+    fp32 = make_config()
+    plain, _, _ = load_policy(fp32, progress=False)
+    assert precision.generation_model(plain, fp32.model) is plain
+    # a model already in its compute dtype is used as it is (pure bf16 storage, the async worker's copy)
+    assert precision.generation_model(copy, config.model) is copy
+
+
+def test_a_bf16_run_trains_and_checkpoints_float32_masters(make_config):
+    from safetensors.torch import load_file
+
+    from stalerl.training import checkpoint as ckpt
+    from stalerl.training.loop import train
+
+    result = train(make_config("steps=1", "stale.staleness=0", "model.dtype=bfloat16", "data.eval_size=0"))
+    assert result.crashed_at is None and result.steps_done == 1
+    weights = load_file(ckpt.latest_checkpoint(result.run_dir / "checkpoints") / "model.safetensors")
+    assert all(w.dtype == torch.float32 for w in weights.values())
+
+
 # ============================================================================ the stale buffer's memory
 
 def test_stored_batch_bytes_per_token_do_not_depend_on_padding():
@@ -147,7 +179,7 @@ def test_checkpointed_buffer_is_safetensors_and_json_and_round_trips_exactly(tmp
     restored = StaleBuffer(4, 2)
     restored.load_state_dict(ckpt.load_state(path)["buffer"])
     assert len(restored) == 3
-    for a, b in zip(buf.queue, restored.queue):
+    for a, b in zip(buf.queue, restored.queue, strict=True):
         assert a.policy_version == b.policy_version and a.info == b.info and a.pad_token_id == b.pad_token_id
         for name in RolloutBatch._TENSORS:
             x, y = getattr(a, name), getattr(b, name)

@@ -53,7 +53,7 @@ class RolloutBatch:
         response right-padded), ``response_mask``/``old_log_prob``/``rollout_log_prob`` ``(N, R)``,
         ``advantages``/``rewards`` ``(N,)``. The response part of ``attention_mask`` is
         ``response_mask``; ``pad_token_id`` fills the padding when micro-batches are rebuilt."""
-        N, R = response_mask.shape
+        R = response_mask.shape[1]
         L = input_ids.shape[1] - R
         prompt_mask = attention_mask[:, :L].bool()
         response = response_mask.bool()

@@ -203,8 +203,9 @@ def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_vers
 
 
 def _compute(config, model):
-    """The policy's forward passes run in ``model.dtype`` over float32 masters (autocast)."""
-    return precision.autocast(config.model, next(model.parameters()).device)
+    """Scoring passes run in ``model.dtype`` over float32 masters (autocast); generation uses
+    :func:`precision.generation_model` instead."""
+    return precision.autocast(config.model, model)
 
 
 # ============================================================================ updates

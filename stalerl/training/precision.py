@@ -2,19 +2,22 @@
 
 ``model.dtype`` names the *compute* dtype. With ``bfloat16`` or ``float16`` and
 ``model.master_weights=true`` (the default) the parameters, their gradients and the AdamW moments
-stay float32 and every forward pass of the policy (generation, behaviour log-probs, the training
-forward) runs under ``torch.autocast`` in the low-precision dtype: matmuls in bf16/fp16, norms,
-softmax and the log-prob reduction in float32. The sampler's and the behaviour log-probs and the
-objective are float32 (:func:`stalerl.training.logprobs.completion_log_probs` upcasts each
-chunk's logits; the objective runs outside the autocast region).
+stay float32; the forward passes that score tokens (behaviour log-probs, the training forward) run
+under ``torch.autocast`` in the low-precision dtype: matmuls in bf16/fp16, norms, softmax and the
+log-prob reduction in float32. Generation samples from a copy of the weights in the low-precision
+dtype made from the masters at each generation call (:func:`generation_model`), as the async
+worker and an inference engine do. The sampler's and the behaviour log-probs and the objective
+are float32 (:func:`stalerl.training.logprobs.completion_log_probs` upcasts each chunk's logits;
+the objective runs outside the autocast region).
 
 Why autocast and not a bf16 compute copy refreshed after each step: autocast keeps one set of
 weights, so nothing can go out of sync, checkpoints (``save_pretrained``) write the float32
 masters as they are (resume is exact) and the gradients arrive in float32 directly. The bf16 copies
 of the weights that autocast makes live only while a forward/backward pass needs them. Memory per
-parameter: 4 B master + 4 B gradient + 8 B AdamW moments + up to 2 B of bf16 casts = 16-18 B. A
-persistent compute copy would cost the same 2 B plus 2 B of bf16 gradients, and a copy step after
-every update. This is what transformers' ``Trainer`` (``bf16=True``) and Accelerate do.
+parameter: 4 B master + 4 B gradient + 8 B AdamW moments + 2 B of bf16 weights (autocast's casts
+while training, the generation copy while generating; never both) = 18 B, plus activations or
+the KV cache. A persistent compute copy would add 2 B of bf16 gradients and a copy step after every
+update. This is what transformers' ``Trainer`` (``bf16=True``) and Accelerate do for training.
 
 Why masters at all: an AdamW step moves a weight by about ``lr`` (the first step exactly
 ``lr * sign(g)``); at the papers' ``lr = 1e-6`` that is far below the spacing of bf16 numbers near
@@ -34,7 +37,7 @@ import warnings
 
 import torch
 
-__all__ = ["DTYPES", "storage_dtype", "compute_dtype", "autocast", "check_precision"]
+__all__ = ["DTYPES", "autocast", "check_precision", "compute_dtype", "generation_model", "storage_dtype"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 """``model.dtype`` names -> torch dtypes."""
@@ -51,13 +54,40 @@ def storage_dtype(model_config) -> torch.dtype:
     return torch.float32 if model_config.master_weights else DTYPES[model_config.dtype]
 
 
-def autocast(model_config, device: torch.device | str):
-    """A context running the policy's forward passes in ``model.dtype`` over float32 masters;
-    a no-op for ``float32`` and for pure low-precision storage."""
-    dtype = compute_dtype(model_config)
-    if dtype == torch.float32 or not model_config.master_weights:
+def _in_compute_dtype(model, model_config) -> bool:
+    """True when the model's weights are already in ``model.dtype`` (float32 runs, pure
+    low-precision storage, the async worker's copy)."""
+    return next(model.parameters()).dtype == compute_dtype(model_config)
+
+
+def autocast(model_config, model):
+    """A context running ``model``'s forward passes in ``model.dtype`` over float32 masters; a
+    no-op when the weights are in ``model.dtype`` already."""
+    if _in_compute_dtype(model, model_config):
         return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    device = next(model.parameters()).device
+    return torch.autocast(device_type=device.type, dtype=compute_dtype(model_config))
+
+
+def generation_model(model, model_config):
+    """The model to sample with: ``model`` itself, or, over float32 masters, a copy in
+    ``model.dtype`` made now from the masters (freed when the caller drops it).
+
+    Decoding reads every weight once per generated token: under autocast each step would cast all
+    float32 masters again (three times the weight traffic of a bf16 model) and the KV cache would
+    hold float32 keys and values. The copy is what the async worker and inference engines sample
+    with. It is built with the random stream forked, so it does not change the sampling noise.
+    """
+    if _in_compute_dtype(model, model_config):
+        return model
+    from transformers import AutoModelForCausalLM
+
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.device(device):
+        copy = AutoModelForCausalLM.from_config(model.config, dtype=compute_dtype(model_config))
+    copy.load_state_dict(model.state_dict())  # tensor by tensor: one temporary at a time
+    copy.generation_config = model.generation_config
+    return copy.eval()
 
 
 def check_precision(model_config) -> None:
