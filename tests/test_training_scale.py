@@ -289,3 +289,20 @@ def test_gpu_check_runs_on_a_cpu_at_a_tiny_size(one_thread, capsys):
                 "peak_memory_gb"):
         assert summary[key] > 0, key
     assert 1 <= summary["response_length_mean"] <= 8
+
+
+def test_readme_one_gpu_command_is_a_valid_config():
+    import re
+    import shlex
+    from pathlib import Path
+
+    from stalerl.training.config import load_config
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Train a real checkpoint on one GPU", 1)[1]
+    command = re.search(r"```bash\n(.*?)```", section, re.S).group(1).replace("\\\n", " ")
+    args = shlex.split(command)
+    assert args[:2] == ["stalerl", "train"]
+    config = load_config(None, args[2:])
+    assert (config.model.dtype, config.model.master_weights, config.optim.lr) == ("bfloat16", True, 1e-6)
+    assert config.optim.max_tokens_per_micro_batch == 32768 and config.model.gradient_checkpointing
