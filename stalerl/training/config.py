@@ -51,11 +51,12 @@ class ModelConfig:
     """Size of the embedded testbed model: ``tiny`` (tests) or ``small`` (default)."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Compute dtype of the policy. ``float32``: everything in float32. ``bfloat16`` /
-    ``float16``: mixed precision: float32 master weights, gradients and AdamW states, and every
-    forward pass (generation, behaviour log-probs, training) under ``torch.autocast`` in this dtype;
-    log-probs and the objective stay float32 (:mod:`stalerl.training.precision`). The async
-    rollout worker holds its copy in this dtype. With ``master_weights=false`` the weights themselves
-    are stored in this dtype. ``float16`` has no loss scaling: prefer ``bfloat16``."""
+    ``float16``: mixed precision: float32 master weights, gradients and AdamW states; the scoring
+    passes (behaviour log-probs, training) under ``torch.autocast`` in this dtype, and generation
+    from a copy of the weights in this dtype (as the async rollout worker's copy); log-probs and
+    the objective stay float32 (:mod:`stalerl.training.precision`). With ``master_weights=false``
+    the weights and AdamW states themselves are stored in this dtype. ``float16`` has no loss
+    scaling: prefer ``bfloat16``."""
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``/``cuda:N``."""
     attn_implementation: str | None = None
