@@ -85,6 +85,30 @@ def test_bf16_masters_update_equals_float32_update(make_config):
     assert rel_pure > 0.9 and (pure != 0).float().mean() < 0.1, rel_pure  # measured: 0.994, 2% of weights moved
 
 
+def test_chunked_head_under_autocast_runs_in_bf16_and_gives_float32_master_gradients():
+    """Over float32 masters under bf16 autocast the output layer's matmuls run in bf16 (the
+    log-probs differ from float32 by bf16 rounding, not more) and the master gets a float32
+    gradient close to the float32 one."""
+    from stalerl.training.logprobs import token_log_probs_from_hidden
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(6, 32, generator=g)
+    targets = torch.randint(0, 50, (6,), generator=g)
+    grads, outs = [], []
+    for amp in (False, True):
+        weight = (0.2 * torch.randn(50, 32, generator=torch.Generator().manual_seed(1))).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logp, ent = token_log_probs_from_hidden(hidden, weight, targets, chunk_size=4)
+        assert logp.dtype == torch.float32 and ent.dtype == torch.float32
+        (logp.sum() + 0.1 * ent.sum()).backward()
+        assert weight.grad.dtype == torch.float32
+        grads.append(weight.grad)
+        outs.append(logp.detach())
+    assert not torch.equal(outs[0], outs[1])  # the bf16 path was taken
+    assert torch.allclose(outs[0], outs[1], atol=0.05)
+    assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 0.02
+
+
 def test_generation_samples_from_a_compute_dtype_copy_of_the_masters(make_config):
     from stalerl.training import precision
 
