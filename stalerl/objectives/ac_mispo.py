@@ -28,6 +28,7 @@ import torch
 
 from stalerl.objectives import core
 from stalerl.objectives.base import BatchStatsConfig
+from stalerl.objectives.core import Stat
 from stalerl.objectives.mispo import MISPO, MISPOConfig
 
 
@@ -95,10 +96,10 @@ class ACMISPO(MISPO):
             ref = self.reference_log_prob(olp, None if rollout_log_prob is None else rollout_log_prob[i])
             traj = core.sequence_log_ratio(core.log_ratio(lp, ref), m)
             z.append(traj[m.sum(-1) > 0].abs())
-        stats.metrics.update(self.update_bound(self.gather(torch.cat(z))))
+        stats.metrics.update({k: Stat.last(v) for k, v in self.update_bound(self.gather(torch.cat(z))).items()})
         stats.payload["bound"] = self.bound
-        stats.metrics["actor/traj_bound"] = self.bound
-        stats.metrics["actor/controller_step"] = float(self.step)
+        stats.metrics["actor/traj_bound"] = Stat.last(self.bound)
+        stats.metrics["actor/controller_step"] = Stat.last(self.step)
 
     def traj_bounds(self, batch_stats) -> tuple[float, float]:
         bound = batch_stats.payload["bound"]

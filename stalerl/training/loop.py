@@ -36,6 +36,7 @@ import yaml
 
 from stalerl import objectives
 from stalerl.data.prompts import PromptSampler, build_prompts
+from stalerl.objectives.core import Stat
 from stalerl.rollout.generation import behaviour_log_probs, generate
 from stalerl.staleness.buffer import RolloutBatch, StaleBuffer
 from stalerl.training import checkpoint as ckpt
@@ -243,14 +244,13 @@ def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch
     stats = objective.batch_stats(
         current, [m["old_log_prob"] for m in micros], [m["advantages"] for m in micros],
         [m["response_mask"] for m in micros], rollout_log_prob=rollout_lp,
+        horizon=config.rollout.max_new_tokens,  # verl's constant response length, whatever the split
     )
 
     optimizer.zero_grad(set_to_none=True)
-    totals: dict[str, float] = {}
-    tokens_total = 0.0
+    parts: list[dict[str, Stat]] = []  # per micro-batch metric statistics, pooled by reduce_metrics
     finite = True
     diag = {"traj_log_ratio": [], "traj_accepted": [], "entropy": [], "ratio": []}
-    entropy_sum = 0.0
     for micro in micros:
         log_prob, entropy = _current_log_prob(model, micro, config, with_grad=True)
         out = objective(
@@ -262,12 +262,7 @@ def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch
             finite = False
             break
         loss.backward()
-        mask = micro["response_mask"].float()
-        n_tok = mask.sum().item()
-        tokens_total += n_tok
-        for key, value in out.metrics.items():
-            totals[key] = totals.get(key, 0.0) + value * n_tok
-        entropy_sum += (entropy.detach().float() * mask).sum().item()
+        parts.append(_micro_metrics(out, entropy, micro["response_mask"]))
         _record_diagnostics(diag, out, log_prob, micro, entropy)
 
     grad_norm = float("nan")
@@ -283,13 +278,19 @@ def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch
         state.nonfinite_in_row += 1
     state.updates += 1
 
-    metrics = {k: v / max(tokens_total, 1.0) for k, v in totals.items()}
-    metrics.update({k: v for k, v in stats.metrics.items()})  # mini-batch statistics, not token-averaged
+    metrics = objectives.reduce_metrics(parts, batch=stats.metrics)  # one value per mini-batch
+    for key in ("train/tokens", "train/entropy"):  # a first micro-batch that was not finite
+        metrics.setdefault(key, 0.0)
     metrics["train/grad_norm"] = grad_norm
-    metrics["train/entropy"] = entropy_sum / max(tokens_total, 1.0)
     metrics["train/skipped"] = 0.0 if finite else 1.0
-    metrics["train/tokens"] = tokens_total
     return metrics, diag
+
+
+def _micro_metrics(out, entropy, response_mask) -> dict[str, Stat]:
+    """A micro-batch's metric statistics: the objective's, the token entropy and the token count."""
+    mask = response_mask.float()
+    entropy_sum, tokens = torch.stack([(entropy.detach().float() * mask).sum(), mask.sum()]).tolist()  # one transfer
+    return {**out.stats, "train/entropy": Stat.ratio(entropy_sum, tokens), "train/tokens": Stat.total(tokens)}
 
 
 def _record_diagnostics(diag, out, log_prob, micro, entropy, per_micro: int = 64) -> None:
