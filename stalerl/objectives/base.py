@@ -335,6 +335,12 @@ class Objective:
             return dist_utils.all_gather_varlen(tensor)
         return tensor
 
+    def spans_ranks(self) -> bool:
+        """True when this objective's statistics are gathered over the data-parallel ranks
+        (``stats_scope="mini"`` under ``torch.distributed``): every rank makes the same calls, so
+        a caller may pool the metrics over the ranks too (``reduce_metrics(..., gather=...)``)."""
+        return self._cross_rank()
+
     # ------------------------------------------------------------------ internals
     def _cross_rank(self) -> bool:
         return getattr(self.config, "stats_scope", "micro") == "mini" and dist_utils.is_distributed()
@@ -435,15 +441,21 @@ def reduce_metrics(
     over the ranks; ``batch`` (statistics that already span the mini-batch and the ranks) is
     counted once. Every rank must hold the same metric names when ``gather`` is given.
     """
-    pooled: dict[str, Stat] = {}
-    for part in parts:
-        for name, stat in part.items():
-            pooled[name] = pooled[name].merge(stat) if name in pooled else Stat(stat.kind, tuple(stat.parts))
+    pooled = pool_stats(parts)
     if gather is not None and pooled:
         pooled = _pool_ranks(pooled, gather)
     for name, stat in (batch or {}).items():
         pooled.setdefault(name, stat)
     return {name: stat.value() for name, stat in pooled.items()}
+
+
+def pool_stats(parts: Sequence[dict[str, Stat]]) -> dict[str, Stat]:
+    """The :class:`Stat` of each metric over all ``parts`` (host parts), e.g. the calls of a mini-batch."""
+    pooled: dict[str, Stat] = {}
+    for part in parts:
+        for name, stat in part.items():
+            pooled[name] = pooled[name].merge(stat) if name in pooled else Stat(stat.kind, tuple(stat.parts))
+    return pooled
 
 
 def _pool_ranks(pooled: dict[str, Stat], gather) -> dict[str, Stat]:
