@@ -67,7 +67,7 @@ def config(tmp_path, **kw):
     return StaleRLGRPOConfig(**base)
 
 
-TRAIN_KWARGS = {"mispo": {"traj_low": 0.9, "traj_high": 1.1}, "ac_mispo": {"warmup_steps": 2},
+TRAIN_KWARGS = {"mispo": {"traj_low": 0.9, "traj_high": 1.1}, "ac_mispo": {"warmup_train_steps": 2},
                 "mispo_random_traj": {"traj_low": 0.9, "traj_high": 1.1}}
 FAST = ("grpo", "m2po")
 
@@ -122,7 +122,7 @@ def test_tis_needs_rollout_log_probs(tokenizer, tmp_path):
 
 
 def test_objective_state_is_checkpointed(tokenizer, tmp_path):
-    args = config(tmp_path, objective="ac_mispo", objective_kwargs='{"warmup_steps": 2}', save_strategy="steps",
+    args = config(tmp_path, objective="ac_mispo", objective_kwargs='{"warmup_train_steps": 2}', save_strategy="steps",
                   save_steps=2, save_only_model=False)
     trainer = StaleRLGRPOTrainer(model=tiny_model(len(tokenizer)), reward_funcs=reward_digits,
                                  train_dataset=dataset(), processing_class=tokenizer, args=args)

@@ -76,7 +76,7 @@ def test_build_unknown_hparam_names_it():
     ("m2po", {"tau": "x"}), ("grpo", {"epsilon_low": "0.2"}), ("m2po", {"trust_region_only": 1}),
     ("mispo_random_traj", {"seed": "a"}), ("ac_mispo", {"beta": None}), ("m2po", {"tau": float("nan")}),
     ("grpo", {"dual_clip": 0.5}), ("m2po", {"stats_scope": "global"}),
-    ("mispo_random_traj", {"seed": 1.5}), ("ac_mispo", {"warmup_steps": 2.5}),
+    ("mispo_random_traj", {"seed": 1.5}), ("ac_mispo", {"warmup_train_steps": 2.5}),
     ("no_tr", {"loss_scale_factor": 0.0}), ("no_tr", {"loss_scale_factor": "x"}),
 ])
 def test_ill_typed_or_invalid_hparams(name, hp):
@@ -664,7 +664,7 @@ AC_BATCHES = [
 def test_ac_mispo_controller_sequence_and_state(beta, clip):
     b_min, b_max = math.log(1.0002), math.log(1.01)
     warmup = 3
-    obj = objectives.build("ac_mispo", warmup_steps=warmup, beta=beta)
+    obj = objectives.build("ac_mispo", warmup_train_steps=warmup, beta=beta)
     b = b_max  # b_0
     hit = set()
     for k, zs in enumerate(AC_BATCHES, start=1):  # k starts at 1
@@ -678,7 +678,7 @@ def test_ac_mispo_controller_sequence_and_state(beta, clip):
             hit.add("max")
         lp, old, adv, mask = _batch_with_traj_log_ratios(zs, seed=k)
         if k == 4:  # checkpoint / restore into a fresh objective mid-run: identical next bound
-            fresh = objectives.build("ac_mispo", warmup_steps=warmup, beta=beta)
+            fresh = objectives.build("ac_mispo", warmup_train_steps=warmup, beta=beta)
             fresh.load_state_dict(obj.state_dict())
             bound_old = obj(lp, old, adv, mask).metrics["actor/traj_bound"]
             assert fresh(lp, old, adv, mask).metrics["actor/traj_bound"] == bound_old
@@ -873,3 +873,14 @@ def test_reduce_metrics_pools_like_the_whole_batch():
     batch = {"n": objectives.Stat.total(7)}
     pooled = objectives.reduce_metrics([first], batch=batch, gather=gather)
     assert pooled == pytest.approx({**got, "n": 7.0})
+
+
+def test_ac_mispo_warmup_counts_training_steps():
+    # 4 controller steps (optimizer updates) per training step: the target reaches A_end after
+    # 2 training steps = 8 updates, and is halfway at update 4 (training step 1)
+    obj = objectives.build("ac_mispo", warmup_train_steps=2, updates_per_train_step=4)
+    assert obj.target_acceptance(4) == pytest.approx(0.3)
+    assert obj.target_acceptance(8) == pytest.approx(0.2)
+    assert obj.target_acceptance(2) == pytest.approx(0.35)
+    with pytest.raises(ValueError, match="updates_per_train_step"):
+        objectives.build("ac_mispo", updates_per_train_step=0)

@@ -97,7 +97,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         res["micro_kept"] = objectives.build("m2po", tau=0.04, stats_scope="micro")(*sk).extras["token_kept"]
         ac_micro = objectives.build("ac_mispo", stats_scope="micro")
 
-        ac = objectives.build("ac_mispo", warmup_steps=2)
+        ac = objectives.build("ac_mispo", warmup_train_steps=2)
         rt = objectives.build("mispo_random_traj", seed=7)
         rt_uneven = objectives.build("mispo_random_traj", seed=7)
         res["ac_bound"], res["ac_accept"], res["rt_accept"], res["rt_uneven"], res["rt_n"] = [], [], [], [], []
@@ -173,7 +173,7 @@ def test_micro_scope_does_not_gather(rank_results):
 def test_ac_mispo_bound_equals_single_process(rank_results):
     from stalerl import objectives
 
-    ac = objectives.build("ac_mispo", warmup_steps=2)
+    ac = objectives.build("ac_mispo", warmup_train_steps=2)
     for k, batch in enumerate(_traj_batches()):
         out = ac(*batch)
         for r in range(WORLD):

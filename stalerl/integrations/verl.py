@@ -47,7 +47,8 @@ quantile) are the whole optimizer mini-batch's when the actor runs stalerl's wor
 (:mod:`stalerl.integrations.verl_actor`): it computes them in a no-grad pass before the
 micro-batches and hands them to this loss (:func:`stalerl.integrations.verl_minibatch.current_stats`);
 AC-MIS-PO's controller then steps once per mini-batch, identically on every rank, and is saved with
-verl's actor checkpoint. Without that worker the loss falls back to the statistics of each
+verl's actor checkpoint (its warm-up counts training steps: set ``updates_per_train_step`` to the
+mini-batches per training step, or without the worker to the loss calls per training step). Without that worker the loss falls back to the statistics of each
 micro-batch alone and warns once per objective; ``stats_scope: micro`` in the stalerl dict selects
 that behaviour explicitly (the released M2PO code's) without a warning.
 Metrics: where the objective's statistics span the ranks within a call (``stats_scope="mini"``

@@ -42,7 +42,7 @@ from stalerl.staleness.buffer import RolloutBatch, StaleBuffer
 from stalerl.training import checkpoint as ckpt
 from stalerl.training.advantages import group_advantages
 from stalerl.training.config import TrainConfig, to_dict, validate
-from stalerl.training.logger import RunLogger, read_jsonl
+from stalerl.training.logger import EVAL_PROBLEMS_KEY, RunLogger, read_jsonl
 from stalerl.training.logprobs import completion_log_probs
 
 
@@ -324,7 +324,7 @@ def evaluate(config, model, tokenizer, prompts, reward_fn, step: int) -> dict[st
         torch.manual_seed(config.seed * 7919 + step)
         gen = generate(
             model, tokenizer, [p.text for p in prompts], group_size=n, temperature=config.eval.temperature,
-            top_p=config.rollout.top_p, max_new_tokens=config.rollout.max_new_tokens, batch_size=config.rollout.batch_size,
+            top_p=config.rollout.top_p if config.eval.top_p is None else config.eval.top_p, max_new_tokens=config.rollout.max_new_tokens, batch_size=config.rollout.batch_size,
             engine=config.rollout.engine, max_batch_tokens=config.rollout.max_batch_tokens,
         )
     scored = reward_fn(gen.texts, [p.answer for p in prompts for _ in range(n)])
@@ -333,7 +333,13 @@ def evaluate(config, model, tokenizer, prompts, reward_fn, step: int) -> dict[st
     out = {f"eval/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
     out["eval/accuracy"] = float(correct.mean())
     out["eval/response_length_mean"] = gen.response_mask.sum(-1).float().mean().item()
+    out[EVAL_PROBLEMS_KEY] = correct.mean(axis=1).tolist()  # per problem, for paired statistics
     return out
+
+
+def eval_problems_seed(config) -> int:
+    """Seed of the held-out testbed problems (``eval.problems_seed``; older runs: seed + 1)."""
+    return config.seed + 1 if config.eval.problems_seed is None else config.eval.problems_seed
 
 
 # ============================================================================ the loop
@@ -365,10 +371,10 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bo
     )
     eval_prompts, _ = build_prompts(
         config.data.eval, split=config.data.eval_split if config.data.eval != "testbed" else "test",
-        size=config.data.eval_size, tokenizer=tokenizer, data_config=config.data, seed=config.seed + 1,
+        size=config.data.eval_size, tokenizer=tokenizer, data_config=config.data, seed=eval_problems_seed(config),
     ) if config.data.eval_size > 0 else ([], 0)
     sampler = PromptSampler(train_prompts, seed=config.seed)
-    objective = objectives.build(config.objective.name, **config.objective.hparams)
+    objective = build_objective(config)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay,
     )
@@ -485,6 +491,20 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bo
 
 
 # ============================================================================ helpers
+
+def build_objective(config: TrainConfig):
+    """The run's objective; hyperparameters that follow from the run fill in unless given:
+    RandomTraj's generator ``seed`` is the run's seed (each study seed draws differently), and
+    AC-MIS-PO's ``updates_per_train_step`` is ``optim.mini_batches`` (its warm-up counts
+    training steps)."""
+    hparams = dict(config.objective.hparams)
+    fields = objectives.defaults(config.objective.name)
+    if "seed" in fields:
+        hparams.setdefault("seed", config.seed)
+    if "updates_per_train_step" in fields:
+        hparams.setdefault("updates_per_train_step", config.optim.mini_batches)
+    return objectives.build(config.objective.name, **hparams)
+
 
 def _make_reward(config):
     from stalerl.rewards.reward import MathReward, load_reward_fn
