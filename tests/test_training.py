@@ -565,3 +565,48 @@ def test_update_metrics_are_the_same_at_any_micro_batch_size(stale_batch, tiny_t
     for micro in (4, 1):
         for key in sorted(keys):
             assert logged[micro][key] == pytest.approx(logged[16][key], rel=1e-4, abs=1e-6), (name, micro, key)
+
+
+def test_every_seed_is_evaluated_on_the_same_held_out_problems(make_config, monkeypatch, tmp_path):
+    seen = {}
+    real = loop.evaluate
+
+    def spy(config, model, tokenizer, prompts, reward_fn, step):
+        seen.setdefault(config.seed, [p.text for p in prompts])
+        return real(config, model, tokenizer, prompts, reward_fn, step)
+
+    monkeypatch.setattr(loop, "evaluate", spy)
+    for seed in (0, 3):
+        result = train(make_config("steps=1", "stale.staleness=0", f"seed={seed}", run_dir=tmp_path / f"s{seed}"))
+        problems = read_jsonl(result.run_dir / "eval_problems.jsonl")
+        assert [r["step"] for r in problems] == [0, 1] and len(problems[0]["accuracy"]) == 8
+        assert "eval/problem_accuracy" not in _steps(result.run_dir)[0]
+    assert seen[0] == seen[3]
+    old_style = make_config("eval.problems_seed=null", "seed=3")
+    assert loop.eval_problems_seed(old_style) == 4
+
+
+def test_eval_top_p_replaces_rollout_top_p_in_evaluation(make_config, monkeypatch):
+    used = []
+    real = loop.generate
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["top_p"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "generate", spy)
+    config = make_config("steps=1", "stale.staleness=0", "eval.top_p=0.7", "rollout.top_p=0.9")
+    train(config)
+    assert 0.7 in used and 0.9 in used  # evaluation at 0.7, rollouts at 0.9
+    with pytest.raises(ConfigError, match="eval.top_p"):
+        make_config("eval.top_p=1.5")
+
+
+def test_run_seed_and_updates_per_step_fill_objective_hparams(make_config):
+    random_traj = loop.build_objective(make_config("objective.name=mispo_random_traj", "seed=7"))
+    assert random_traj.config.seed == 7
+    given = loop.build_objective(make_config("objective.name=mispo_random_traj", "seed=7", "objective.hparams.seed=1"))
+    assert given.config.seed == 1
+    ac = loop.build_objective(make_config("objective.name=ac_mispo", "optim.mini_batches=2"))
+    assert ac.config.updates_per_train_step == 2
+    assert loop.build_objective(make_config("objective.name=grpo")).config.epsilon_low == 0.2
