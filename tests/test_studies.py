@@ -289,3 +289,12 @@ def test_derived_bound_is_the_mean_final_bound_of_ac_mispo():
     assert got == {"traj_low": pytest.approx(math.exp(-0.003), abs=1e-6), "traj_high": pytest.approx(math.exp(0.003), abs=1e-6)}
     with pytest.raises(ValueError, match="ac_mispo runs logged no trajectory bound"):
         cond.derive({"ac_mispo": [_stats()]})
+
+
+def test_every_claim_is_documented_in_reproduction_md():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "REPRODUCTION.md").read_text()
+    for study in d.STUDIES.values():
+        for claim in study.claims:
+            assert f"| {claim.text} | {claim.paper} | {claim.statistic} |" in text, claim.text
