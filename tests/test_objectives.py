@@ -6,6 +6,7 @@ from the implementation.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -824,7 +825,7 @@ def test_mini_batch_loss_is_the_sum_over_any_micro_batch_split(mode, split):
     obj = objectives.build("grpo", loss_agg_mode=mode)
     bounds = np.cumsum((0,) + split)
     parts = [(_trim(lp[a:b], mask[a:b]), _trim(old[a:b], mask[a:b]), adv[a:b], _trim(mask[a:b], mask[a:b]))
-             for a, b in zip(bounds[:-1], bounds[1:])]
+             for a, b in itertools.pairwise(bounds)]
     stats = obj.batch_stats(*[list(x) for x in zip(*parts)], horizon=horizon)
     total = sum(obj(*p, batch_stats=stats).loss for p in parts)
     torch.testing.assert_close(total, whole, atol=1e-12, rtol=0)

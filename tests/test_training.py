@@ -512,9 +512,10 @@ def test_missing_model_path_is_a_clear_error(tiny_overrides, tiny_testbed, tmp_p
 def stale_batch(tiny_testbed):
     """One generation batch of 16 trajectories from the tiny testbed, made stale: the behaviour
     and rollout log-probs are shifted by noise, so ratios, clipping and acceptance all vary."""
+    from conftest import TINY_OVERRIDES, digit_reward
+
     from stalerl.data.prompts import PromptSampler, build_prompts
     from stalerl.training.config import load_config
-    from conftest import TINY_OVERRIDES, digit_reward
 
     config = load_config(None, TINY_OVERRIDES + [f"model.path={tiny_testbed}"])
     torch.manual_seed(0)

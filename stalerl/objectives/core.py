@@ -176,7 +176,7 @@ def trust_region_tokens(token_log_ratio: torch.Tensor, advantages: torch.Tensor,
     return harmful & (mask > 0)
 
 
-def ratio_metrics(token_log_ratio: torch.Tensor, mask: torch.Tensor) -> dict[str, "Stat"]:
+def ratio_metrics(token_log_ratio: torch.Tensor, mask: torch.Tensor) -> dict[str, Stat]:
     """Ratio statistics every objective reports, verl-style names.
 
     ``actor/ppo_kl`` is the k1 estimate ``mean(-log r)``; ``actor/kl_k3`` is
@@ -194,7 +194,7 @@ def ratio_metrics(token_log_ratio: torch.Tensor, mask: torch.Tensor) -> dict[str
     }
 
 
-def clip_metrics(mask: torch.Tensor, clipped_low: torch.Tensor, clipped_high: torch.Tensor) -> dict[str, "Stat"]:
+def clip_metrics(mask: torch.Tensor, clipped_low: torch.Tensor, clipped_high: torch.Tensor) -> dict[str, Stat]:
     """``actor/pg_clipfrac`` (all clipped/truncated/masked tokens) and its low/high split."""
     return {
         "actor/pg_clipfrac": Stat.mean(clipped_low + clipped_high, mask),
@@ -227,37 +227,37 @@ class Stat:
     parts: Any
 
     @staticmethod
-    def mean(values: torch.Tensor, weights: torch.Tensor) -> "Stat":
+    def mean(values: torch.Tensor, weights: torch.Tensor) -> Stat:
         w = weights.to(values.dtype)
         return Stat("mean", torch.stack([(values * w).sum(), w.sum()]))
 
     @staticmethod
-    def max(values: torch.Tensor, mask: torch.Tensor) -> "Stat":
+    def max(values: torch.Tensor, mask: torch.Tensor) -> Stat:
         return Stat("max", torch.stack([masked_max(values, mask), mask.sum().to(values.dtype)]))
 
     @staticmethod
-    def min(values: torch.Tensor, mask: torch.Tensor) -> "Stat":
+    def min(values: torch.Tensor, mask: torch.Tensor) -> Stat:
         return Stat("min", torch.stack([-masked_max(-values, mask), mask.sum().to(values.dtype)]))
 
     @staticmethod
-    def std(values: torch.Tensor, weights: torch.Tensor) -> "Stat":
+    def std(values: torch.Tensor, weights: torch.Tensor) -> Stat:
         w = weights.to(values.dtype)
         count = w.sum()
         avg = masked_mean(values, w)
         return Stat("std", torch.stack([count, avg, (w * (values - avg).square()).sum()]))
 
     @staticmethod
-    def total(value: float) -> "Stat":
+    def total(value: float) -> Stat:
         """A count or sum given as a number (host parts)."""
         return Stat("sum", (float(value),))
 
     @staticmethod
-    def last(value: float) -> "Stat":
+    def last(value: float) -> Stat:
         """A state given as a number (host parts)."""
         return Stat("last", (float(value),))
 
     @staticmethod
-    def ratio(total: float, count: float) -> "Stat":
+    def ratio(total: float, count: float) -> Stat:
         """A mean given as its sum and count (host parts)."""
         return Stat("mean", (float(total), float(count)))
 
@@ -270,7 +270,7 @@ class Stat:
             return math.sqrt(max(p[2], 0.0) / p[0]) if p[0] > 0 else 0.0
         return float(p[0])
 
-    def merge(self, other: "Stat") -> "Stat":
+    def merge(self, other: Stat) -> Stat:
         """The statistics of both parts together (``parts`` on the host)."""
         if other.kind != self.kind:
             raise ValueError(f"cannot pool a {self.kind!r} metric with a {other.kind!r} one")

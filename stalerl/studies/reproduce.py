@@ -22,7 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from stalerl.studies.definitions import EVAL_LAST_K, PAPER_OVERRIDES, QUICK_OVERRIDES, STUDIES, TESTBED_OVERRIDES, Study
+from stalerl.studies.definitions import (
+    EVAL_LAST_K,
+    PAPER_OVERRIDES,
+    QUICK_OVERRIDES,
+    STUDIES,
+    TESTBED_OVERRIDES,
+    Study,
+)
 from stalerl.training.logger import read_jsonl
 
 REWARD_SMOOTHING = 5
@@ -148,12 +155,12 @@ def write_verdicts(out: Path, study: Study, rows: list[dict[str, Any]], stats, s
     lines = [f"# {study.title}", "",
              f"Seed paper: `shared/seeds/{study.seed_file}`. {seeds} seed(s) per condition"
              + (" — **quick mode: a smoke test, the verdicts mean nothing**." if quick else "."),
-             "Intervals are 95% paired bootstrap intervals over seeds (and held-out problems where the claim "
-             "is about accuracy); verdicts: reproduced / contradicted / inconclusive.", "",
+             ("Intervals are 95% paired bootstrap intervals over seeds (and held-out problems where the claim "
+              "is about accuracy); verdicts: reproduced / contradicted / inconclusive."), "",
              "| claim | paper | testbed | verdict |", "|---|---|---|---|"]
     lines += [f"| {r['claim']} | {r['paper']} | {r['testbed']} | {verdict_mark(r['verdict'])} |" for r in rows]
-    lines += ["", "## Runs", "", "| condition | seed | best acc | last-4 acc | final acc | reward 2nd half | "
-              "largest drop | clip frac | accept | crashed at |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Runs", "", ("| condition | seed | best acc | last-4 acc | final acc | reward 2nd half | "
+                                   "largest drop | clip frac | accept | crashed at |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for cond, runs in stats.items():
         for i, s in enumerate(runs):
             lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(

@@ -22,8 +22,8 @@ A claim's verdict reads the interval against the value the claim needs:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
