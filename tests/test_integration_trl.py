@@ -67,7 +67,7 @@ def config(tmp_path, **kw):
     return StaleRLGRPOConfig(**base)
 
 
-TRAIN_KWARGS = {"mispo": {"traj_low": 0.9, "traj_high": 1.1}, "ac_mispo": {"warmup_steps": 2},
+TRAIN_KWARGS = {"mispo": {"traj_low": 0.9, "traj_high": 1.1}, "ac_mispo": {"warmup_train_steps": 2},
                 "mispo_random_traj": {"traj_low": 0.9, "traj_high": 1.1}}
 FAST = ("grpo", "m2po")
 
@@ -122,7 +122,7 @@ def test_tis_needs_rollout_log_probs(tokenizer, tmp_path):
 
 
 def test_objective_state_is_checkpointed(tokenizer, tmp_path):
-    args = config(tmp_path, objective="ac_mispo", objective_kwargs='{"warmup_steps": 2}', save_strategy="steps",
+    args = config(tmp_path, objective="ac_mispo", objective_kwargs='{"warmup_train_steps": 2}', save_strategy="steps",
                   save_steps=2, save_only_model=False)
     trainer = StaleRLGRPOTrainer(model=tiny_model(len(tokenizer)), reward_funcs=reward_digits,
                                  train_dataset=dataset(), processing_class=tokenizer, args=args)
@@ -197,13 +197,47 @@ def test_same_loss_as_trl(trl_loss, stalerl_name, hparams, tokenizer, tmp_path):
     inputs["old_per_token_logps"] = current + 0.4 * torch.randn(current.shape, generator=g)
     for trainer in (reference, ours):
         trainer.current_gradient_accumulation_steps = ga
+    ours._step = ga - 1  # the last call of an accumulation window: the step's metrics are logged
     ref_loss, ref_grad = loss_and_grad(reference, inputs)
     got_loss, got_grad = loss_and_grad(ours, inputs)
     torch.testing.assert_close(got_loss, ref_loss, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(got_grad, ref_grad, rtol=1e-4, atol=1e-6)
-    assert "actor/pg_clipfrac" in ours._metrics["train"] and "entropy" in ours._metrics["train"]
+    assert len(ours._metrics["train"]["actor/pg_clipfrac"]) == 1 and "entropy" in ours._metrics["train"]
 
 
 def _grpo_kwargs(tmp_path):
     return dict(output_dir=str(tmp_path), per_device_train_batch_size=6, num_generations=3,
                 max_completion_length=7, use_cpu=True, report_to=[], save_strategy="no", seed=0)
+
+
+def test_metrics_pool_over_the_accumulation_window(tokenizer, tmp_path):
+    # two micro-batches of an accumulation window log what one call on both logs: one value each
+    model = tiny_model(len(tokenizer))
+
+    def trainer(ga):
+        t = StaleRLGRPOTrainer(model=model, reward_funcs=reward_digits, train_dataset=dataset(),
+                               processing_class=tokenizer, objective="mispo",
+                               objective_kwargs={"traj_low": 0.9, "traj_high": 1.1},
+                               args=StaleRLGRPOConfig(**_grpo_kwargs(tmp_path), gradient_accumulation_steps=ga,
+                                                      steps_per_generation=ga))
+        t.current_gradient_accumulation_steps = ga
+        return t
+
+    inputs = fixed_inputs(tokenizer, b=6)
+    whole, split = trainer(1), trainer(2)
+    with torch.no_grad():  # stale behaviour log-probs: the current ones, perturbed
+        current, _, _ = whole._get_per_token_logps_and_entropies(
+            model, torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1),
+            torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1), inputs["completion_ids"].size(1))
+    g = torch.Generator().manual_seed(2)
+    shift = torch.tensor([0.0, 0.5, 0.0, 0.5, 0.0, 0.5]).unsqueeze(-1)  # rows 1, 3, 5: rho = e^-0.5, rejected
+    inputs["old_per_token_logps"] = current + shift + 0.05 * torch.randn(current.shape, generator=g)
+    loss_and_grad(whole, inputs)
+    for k, rows in enumerate((slice(0, 2), slice(2, 6))):
+        part = {key: (v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for key, v in inputs.items()}
+        split._step = k
+        loss_and_grad(split, part)
+    assert 0 < whole._metrics["train"]["actor/traj_accept_rate"][0] < 1
+    for key in ("actor/ratio_max", "actor/pg_clipfrac", "actor/traj_accept_rate", "actor/accepted_log_ratio_std"):
+        assert len(split._metrics["train"][key]) == 1
+        assert split._metrics["train"][key][0] == pytest.approx(whole._metrics["train"][key][0], rel=1e-5, abs=1e-7), key

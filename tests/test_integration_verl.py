@@ -393,7 +393,8 @@ def test_example_scripts_compose_with_verls_config():
     assert out["minpro-minpro-s8"]["hp"] == {"epsilon_low": 1.0, "epsilon_high": 4.0}
     assert out["minpro-minpro-s8"]["staleness"] == 8 and out["minpro-minpro-s8"]["val_n"] == 128
     assert out["minpro-minpro-s8"]["val_dump"].endswith("minpro-minpro-s8")
-    assert out["ac-mispo-ac_mispo-s256"]["hp"]["warmup_steps"] == 200 and out["ac-mispo-ac_mispo-s256"]["stats"] == "ACMISPO"
+    assert out["ac-mispo-ac_mispo-s256"]["hp"]["warmup_train_steps"] == 200
+    assert out["ac-mispo-ac_mispo-s256"]["hp"]["updates_per_train_step"] == 4 and out["ac-mispo-ac_mispo-s256"]["stats"] == "ACMISPO"
     assert out["mispo-mechanism-mispo_random_traj-s256"]["stats"] == "MISPORandomTraj"
     for r in out.values():
         assert r["objective"] and r["use_v1"] is False

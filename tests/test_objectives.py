@@ -6,6 +6,7 @@ from the implementation.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -76,7 +77,7 @@ def test_build_unknown_hparam_names_it():
     ("m2po", {"tau": "x"}), ("grpo", {"epsilon_low": "0.2"}), ("m2po", {"trust_region_only": 1}),
     ("mispo_random_traj", {"seed": "a"}), ("ac_mispo", {"beta": None}), ("m2po", {"tau": float("nan")}),
     ("grpo", {"dual_clip": 0.5}), ("m2po", {"stats_scope": "global"}),
-    ("mispo_random_traj", {"seed": 1.5}), ("ac_mispo", {"warmup_steps": 2.5}),
+    ("mispo_random_traj", {"seed": 1.5}), ("ac_mispo", {"warmup_train_steps": 2.5}),
     ("no_tr", {"loss_scale_factor": 0.0}), ("no_tr", {"loss_scale_factor": "x"}),
 ])
 def test_ill_typed_or_invalid_hparams(name, hp):
@@ -664,7 +665,7 @@ AC_BATCHES = [
 def test_ac_mispo_controller_sequence_and_state(beta, clip):
     b_min, b_max = math.log(1.0002), math.log(1.01)
     warmup = 3
-    obj = objectives.build("ac_mispo", warmup_steps=warmup, beta=beta)
+    obj = objectives.build("ac_mispo", warmup_train_steps=warmup, beta=beta)
     b = b_max  # b_0
     hit = set()
     for k, zs in enumerate(AC_BATCHES, start=1):  # k starts at 1
@@ -678,7 +679,7 @@ def test_ac_mispo_controller_sequence_and_state(beta, clip):
             hit.add("max")
         lp, old, adv, mask = _batch_with_traj_log_ratios(zs, seed=k)
         if k == 4:  # checkpoint / restore into a fresh objective mid-run: identical next bound
-            fresh = objectives.build("ac_mispo", warmup_steps=warmup, beta=beta)
+            fresh = objectives.build("ac_mispo", warmup_train_steps=warmup, beta=beta)
             fresh.load_state_dict(obj.state_dict())
             bound_old = obj(lp, old, adv, mask).metrics["actor/traj_bound"]
             assert fresh(lp, old, adv, mask).metrics["actor/traj_bound"] == bound_old
@@ -798,3 +799,89 @@ def test_m2po_mask_matches_algorithm_1_float32(seed):
     ref_M, _, _ = _reference_m2po_mask(lr32.double().numpy(), a.double().numpy(), mask.double().numpy(), tau)
     # reference on the float32 squares, accumulated in float64
     np.testing.assert_array_equal(out.extras["token_kept"].numpy(), ref_M & (mask.numpy() > 0))
+
+
+# ============================================================================ splits and pooled metrics
+
+
+def _trim(x, mask):
+    """The rows' tensors trimmed to their longest response, as the loop slices a micro-batch."""
+    return x[:, : max(int(mask.sum(-1).max()), 1)]
+
+
+@pytest.mark.parametrize("mode", objectives.core.AGG_MODES)
+@pytest.mark.parametrize("split", [(8,), (3, 5), (1, 1, 2, 4), (1,) * 8])
+def test_mini_batch_loss_is_the_sum_over_any_micro_batch_split(mode, split):
+    # The loop backpropagates each micro-batch's loss and sums the gradients: the micro-batch
+    # losses, each on rows trimmed to their own longest response, must add up to the mini-batch's.
+    lp, old, adv, mask = _random_batch(31, 8, 12, scale=0.3)
+    horizon = 16  # rollout.max_new_tokens: longer than any response here
+    full = objectives.build("grpo", loss_agg_mode=mode)
+    whole = full(lp, old, adv, mask, batch_stats=full.batch_stats(lp, old, adv, mask, horizon=horizon)).loss
+    if mode == "seq-mean-token-sum-norm":  # by hand: sum over sequences / sequences / horizon
+        r = torch.exp(lp - old)
+        per_token = torch.maximum(-adv[:, None] * r, -adv[:, None] * r.clamp(0.8, 1.2))
+        torch.testing.assert_close(whole, (per_token * mask).sum() / 8 / horizon, atol=1e-12, rtol=0)
+    obj = objectives.build("grpo", loss_agg_mode=mode)
+    bounds = np.cumsum((0,) + split)
+    parts = [(_trim(lp[a:b], mask[a:b]), _trim(old[a:b], mask[a:b]), adv[a:b], _trim(mask[a:b], mask[a:b]))
+             for a, b in itertools.pairwise(bounds)]
+    stats = obj.batch_stats(*[list(x) for x in zip(*parts)], horizon=horizon)
+    total = sum(obj(*p, batch_stats=stats).loss for p in parts)
+    torch.testing.assert_close(total, whole, atol=1e-12, rtol=0)
+
+
+def test_seq_mean_token_sum_norm_without_horizon_uses_the_longest_micro_batch():
+    lp, old, adv, mask = _random_batch(32, 6, 10)
+    obj = objectives.build("no_tr", loss_agg_mode="seq-mean-token-sum-norm")
+    parts = [(_trim(x[:3], mask[:3]) if x.dim() == 2 else x[:3]) for x in (lp, old, adv, mask)], \
+            [(_trim(x[3:], mask[3:]) if x.dim() == 2 else x[3:]) for x in (lp, old, adv, mask)]
+    stats = obj.batch_stats(*[list(x) for x in zip(*parts)])
+    assert stats.horizon == max(p[3].shape[1] for p in parts)
+
+
+def test_reduce_metrics_pools_like_the_whole_batch():
+    # maxima, token means, trajectory rates and spreads of two parts equal those of the union
+    x = t([[0.1, 0.5, 0.0], [0.2, 0.0, 0.0], [0.9, 0.3, 0.4]])
+    m = t([[1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    traj = t([0.01, -0.02, 0.05])
+    acc = t([1, 0, 1])
+    whole = {"max": objectives.Stat.max(x, m), "mean": objectives.Stat.mean(x, m),
+             "rate": objectives.Stat.mean(acc, torch.ones(3, dtype=D)), "std": objectives.Stat.std(traj, acc)}
+    halves = [{k: objectives.Stat(s.kind, tuple(s.parts.tolist())) for k, s in d.items()} for d in (
+        {"max": objectives.Stat.max(x[:1], m[:1]), "mean": objectives.Stat.mean(x[:1], m[:1]),
+         "rate": objectives.Stat.mean(acc[:1], torch.ones(1, dtype=D)), "std": objectives.Stat.std(traj[:1], acc[:1])},
+        {"max": objectives.Stat.max(x[1:], m[1:]), "mean": objectives.Stat.mean(x[1:], m[1:]),
+         "rate": objectives.Stat.mean(acc[1:], torch.ones(2, dtype=D)), "std": objectives.Stat.std(traj[1:], acc[1:])})]
+    got = objectives.reduce_metrics(halves)
+    assert got["max"] == pytest.approx(0.9)
+    assert got["mean"] == pytest.approx((0.1 + 0.5 + 0.2 + 0.9 + 0.3 + 0.4) / 6)
+    assert got["rate"] == pytest.approx(2 / 3)
+    assert got["std"] == pytest.approx(0.02)  # accepted 0.01 and 0.05: population std 0.02
+    host = {k: objectives.Stat(s.kind, tuple(s.parts.tolist())) for k, s in whole.items()}
+    assert objectives.reduce_metrics([host]) == pytest.approx(got)
+    # two "ranks" through a gather that concatenates them: the same values, the batch part once
+    ranks = iter([halves[0], halves[1]])
+    row = {}
+
+    def gather(tensor):
+        other = next(ranks)
+        names = sorted(other)
+        row["second"] = torch.tensor([v for n in names for v in other[n].parts], dtype=torch.float64)
+        return torch.cat([tensor, row["second"]])
+
+    first = next(ranks)
+    batch = {"n": objectives.Stat.total(7)}
+    pooled = objectives.reduce_metrics([first], batch=batch, gather=gather)
+    assert pooled == pytest.approx({**got, "n": 7.0})
+
+
+def test_ac_mispo_warmup_counts_training_steps():
+    # 4 controller steps (optimizer updates) per training step: the target reaches A_end after
+    # 2 training steps = 8 updates, and is halfway at update 4 (training step 1)
+    obj = objectives.build("ac_mispo", warmup_train_steps=2, updates_per_train_step=4)
+    assert obj.target_acceptance(4) == pytest.approx(0.3)
+    assert obj.target_acceptance(8) == pytest.approx(0.2)
+    assert obj.target_acceptance(2) == pytest.approx(0.35)
+    with pytest.raises(ValueError, match="updates_per_train_step"):
+        objectives.build("ac_mispo", updates_per_train_step=0)

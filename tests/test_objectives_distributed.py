@@ -97,9 +97,17 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         res["micro_kept"] = objectives.build("m2po", tau=0.04, stats_scope="micro")(*sk).extras["token_kept"]
         ac_micro = objectives.build("ac_mispo", stats_scope="micro")
 
-        ac = objectives.build("ac_mispo", warmup_steps=2)
+        ac = objectives.build("ac_mispo", warmup_train_steps=2)
         rt = objectives.build("mispo_random_traj", seed=7)
         rt_uneven = objectives.build("mispo_random_traj", seed=7)
+        # metrics pooled over the ranks with the shared reducer (uneven halves: 3 and 7 trajectories)
+        from stalerl.objectives import distributed as dist_utils
+
+        for name, hp, rows in (("m2po", {"tau": 0.02}, _split(rank)), ("mispo_random_traj", {"seed": 7}, None)):
+            batch = _m2po_batch() if name == "m2po" else _traj_batches()[0]
+            out = objectives.build(name, **hp).per_token_loss(*_rows(batch, rows or (slice(0, 3) if rank == 0 else slice(3, 10))))
+            res[f"pooled_{name}"] = objectives.reduce_metrics([out.stats], batch=out.batch_metrics,
+                                                               gather=dist_utils.all_gather_varlen)
         res["ac_bound"], res["ac_accept"], res["rt_accept"], res["rt_uneven"], res["rt_n"] = [], [], [], [], []
         res["ac_micro_bound"] = []
         for batch in _traj_batches():
@@ -173,7 +181,7 @@ def test_micro_scope_does_not_gather(rank_results):
 def test_ac_mispo_bound_equals_single_process(rank_results):
     from stalerl import objectives
 
-    ac = objectives.build("ac_mispo", warmup_steps=2)
+    ac = objectives.build("ac_mispo", warmup_train_steps=2)
     for k, batch in enumerate(_traj_batches()):
         out = ac(*batch)
         for r in range(WORLD):
@@ -196,3 +204,16 @@ def test_random_traj_global_draw(rank_results):
             assert int(accepted.sum()) == n_acc
             assert torch.equal(accepted, single)
         assert rank_results[0]["rt_n"][k] == n_acc == rank_results[1]["rt_n"][k]
+
+
+def test_metrics_pooled_over_ranks_equal_single_process(rank_results):
+    from stalerl import objectives
+
+    for name, hp, batch in (("m2po", {"tau": 0.02}, _m2po_batch()), ("mispo_random_traj", {"seed": 7}, _traj_batches()[0])):
+        single = objectives.build(name, **hp)(*batch).metrics
+        for r in range(WORLD):
+            pooled = rank_results[r][f"pooled_{name}"]
+            assert set(pooled) == set(single)
+            for key, value in single.items():
+                assert pooled[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, key)
+    assert 0 < rank_results[0]["pooled_mispo_random_traj"]["actor/traj_accept_rate"] < 1

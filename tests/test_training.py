@@ -503,3 +503,111 @@ def test_missing_model_path_is_a_clear_error(tiny_overrides, tiny_testbed, tmp_p
     assert cli_main(["train", *tiny_overrides(f"model.path={no_tokenizer}")]) == 2
     err = capsys.readouterr().err.strip()
     assert "tokenizer files missing" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+# ============================================================================ metrics per mini-batch
+
+
+@pytest.fixture(scope="module")
+def stale_batch(tiny_testbed):
+    """One generation batch of 16 trajectories from the tiny testbed, made stale: the behaviour
+    and rollout log-probs are shifted by noise, so ratios, clipping and acceptance all vary."""
+    from conftest import TINY_OVERRIDES, digit_reward
+
+    from stalerl.data.prompts import PromptSampler, build_prompts
+    from stalerl.training.config import load_config
+
+    config = load_config(None, TINY_OVERRIDES + [f"model.path={tiny_testbed}"])
+    torch.manual_seed(0)
+    model, tokenizer, _ = loop.load_policy(config, progress=False)
+    prompts, _ = build_prompts("testbed", split="train", size=8, tokenizer=tokenizer, data_config=config.data, seed=0)
+
+    class Reward:
+        def __call__(self, texts, answers):
+            from types import SimpleNamespace
+
+            scores = digit_reward(texts, answers)
+            n = len(texts)
+            return SimpleNamespace(scores=scores, correct=[s > 0.5 for s in scores], extracted=[True] * n, counts={})
+
+    batch = loop.make_rollout_batch(config, model, tokenizer, PromptSampler(prompts, seed=0), Reward(), 0, True)
+    g = torch.Generator().manual_seed(1)
+    mask = batch.response_mask.float()
+    batch.old_log_prob = batch.old_log_prob + 0.05 * torch.randn(batch.old_log_prob.shape, generator=g) * mask
+    batch.rollout_log_prob = batch.old_log_prob + 0.05 * torch.randn(batch.old_log_prob.shape, generator=g) * mask
+    return config, batch
+
+
+@pytest.mark.parametrize("name", sorted(__import__("stalerl.objectives", fromlist=["REGISTRY"]).REGISTRY))
+def test_update_metrics_are_the_same_at_any_micro_batch_size(stale_batch, tiny_testbed, one_thread, name):
+    from dataclasses import replace
+
+    from stalerl import objectives
+
+    config, batch = stale_batch
+    assert len(batch) == 16
+    logged = {}
+    for micro in (16, 4, 1):
+        cfg = replace(config, optim=replace(config.optim, micro_batch_size=micro))
+        torch.manual_seed(0)
+        model, _, _ = loop.load_policy(cfg, progress=False)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+        hp = {"traj_low": 0.99, "traj_high": 1.01} if name.startswith("mispo") else {}
+        objective = objectives.build(name, **hp)
+        metrics, _ = loop.update(cfg, model, optimizer, objective, batch, torch.arange(16), loop.LoopState())
+        logged[micro] = metrics
+    keys = set(logged[16])
+    assert keys == set(logged[4]) == set(logged[1])
+    assert logged[16]["train/tokens"] == batch.response_mask.sum().item()
+    assert logged[16]["actor/ratio_max"] > 1.01  # drift is present
+    if "actor/traj_accept_rate" in keys and name != "mispo_token_only":
+        assert 0 < logged[16]["actor/traj_accept_rate"] < 1
+        assert logged[16]["actor/accepted_log_ratio_std"] > 0
+    for micro in (4, 1):
+        for key in sorted(keys):
+            assert logged[micro][key] == pytest.approx(logged[16][key], rel=1e-4, abs=1e-6), (name, micro, key)
+
+
+def test_every_seed_is_evaluated_on_the_same_held_out_problems(make_config, monkeypatch, tmp_path):
+    seen = {}
+    real = loop.evaluate
+
+    def spy(config, model, tokenizer, prompts, reward_fn, step):
+        seen.setdefault(config.seed, [p.text for p in prompts])
+        return real(config, model, tokenizer, prompts, reward_fn, step)
+
+    monkeypatch.setattr(loop, "evaluate", spy)
+    for seed in (0, 3):
+        result = train(make_config("steps=1", "stale.staleness=0", f"seed={seed}", run_dir=tmp_path / f"s{seed}"))
+        problems = read_jsonl(result.run_dir / "eval_problems.jsonl")
+        assert [r["step"] for r in problems] == [0, 1] and len(problems[0]["accuracy"]) == 8
+        assert "eval/problem_accuracy" not in _steps(result.run_dir)[0]
+    assert seen[0] == seen[3]
+    old_style = make_config("eval.problems_seed=null", "seed=3")
+    assert loop.eval_problems_seed(old_style) == 4
+
+
+def test_eval_top_p_replaces_rollout_top_p_in_evaluation(make_config, monkeypatch):
+    used = []
+    real = loop.generate
+
+    def spy(*args, **kwargs):
+        used.append(kwargs["top_p"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "generate", spy)
+    config = make_config("steps=1", "stale.staleness=0", "eval.top_p=0.7", "rollout.top_p=0.9")
+    train(config)
+    assert 0.7 in used and 0.9 in used  # evaluation at 0.7, rollouts at 0.9
+    with pytest.raises(ConfigError, match="eval.top_p"):
+        make_config("eval.top_p=1.5")
+
+
+def test_run_seed_and_updates_per_step_fill_objective_hparams(make_config):
+    random_traj = loop.build_objective(make_config("objective.name=mispo_random_traj", "seed=7"))
+    assert random_traj.config.seed == 7
+    given = loop.build_objective(make_config("objective.name=mispo_random_traj", "seed=7", "objective.hparams.seed=1"))
+    assert given.config.seed == 1
+    ac = loop.build_objective(make_config("objective.name=ac_mispo", "optim.mini_batches=2"))
+    assert ac.config.updates_per_train_step == 2
+    assert loop.build_objective(make_config("objective.name=grpo")).config.epsilon_low == 0.2

@@ -50,7 +50,10 @@ as the papers define it. Stateful objectives step once per training call (never 
 their state is saved as ``stalerl_objective.pt`` in every checkpoint and restored on resume.
 
 Every objective metric is logged under its stalerl name (``actor/m2``, ``actor/pg_clipfrac``,
-``actor/traj_accept_rate``, ...) in ``self._metrics[mode]``, with ``entropy`` and ``policy_loss``.
+``actor/traj_accept_rate``, ...) in ``self._metrics[mode]``, with ``entropy`` and ``policy_loss``:
+one value per optimizer step, pooled over the calls of the accumulation window and over the
+processes by :func:`stalerl.objectives.reduce_metrics` (maxima as maxima, rates over
+trajectories, spreads from pooled moments), as ``stalerl train`` logs them.
 """
 
 from __future__ import annotations
@@ -63,8 +66,8 @@ from typing import Any
 import torch
 
 from stalerl import objectives
-from stalerl.integrations import per_token_loss
 from stalerl.objectives import core
+from stalerl.objectives.base import pool_stats
 
 try:
     from trl import GRPOConfig, GRPOTrainer
@@ -119,6 +122,7 @@ class StaleRLGRPOTrainer(GRPOTrainer):
         hparams.update(_parse_kwargs(objective_kwargs))
         self.objective_name = name
         self.objective = objectives.build(name, **hparams)
+        self._stalerl_pending: dict[str, list] = {}
         refused = {
             "delta": self.args.delta is not None,
             "off_policy_mask_threshold": self.off_policy_mask_threshold is not None,
@@ -155,9 +159,8 @@ class StaleRLGRPOTrainer(GRPOTrainer):
             rollout = torch.where(torch.isnan(rollout), old, rollout)
 
         saved = self.objective.state_dict() if mode == "eval" else None
-        loss_mat, agg_mask, metrics = per_token_loss(
-            self.objective, per_token_logps, old, inputs["advantages"], mask, rollout_log_prob=rollout
-        )
+        out = self.objective.per_token_loss(per_token_logps, old, inputs["advantages"], mask, rollout_log_prob=rollout)
+        loss_mat, agg_mask = out.loss_mat, out.agg_mask
         if saved is not None:  # evaluation never advances AC-MIS-PO's controller or RandomTraj's generator
             self.objective.load_state_dict(saved)
 
@@ -184,7 +187,7 @@ class StaleRLGRPOTrainer(GRPOTrainer):
             loss = loss + self.router_aux_loss_coef * aux_loss / accumulation
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather_for_metrics(aux_loss).mean().item())
 
-        self._log_metrics(mode, metrics, entropies, mask, policy_loss,
+        self._log_metrics(mode, out, entropies, mask, policy_loss,
                           per_token_kl if self.beta != 0.0 else None)
         return loss
 
@@ -205,7 +208,7 @@ class StaleRLGRPOTrainer(GRPOTrainer):
             loss_scale_factor=self.max_completion_length if scale is None else scale,
         )
 
-    def _log_metrics(self, mode, metrics, entropies, mask, policy_loss, per_token_kl) -> None:
+    def _log_metrics(self, mode, out, entropies, mask, policy_loss, per_token_kl) -> None:
         def global_masked_mean(x):
             totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
             return (totals[0] / totals[1].clamp(min=1.0)).item()
@@ -214,12 +217,21 @@ class StaleRLGRPOTrainer(GRPOTrainer):
         if per_token_kl is not None:
             self._metrics[mode]["kl"].append(global_masked_mean(per_token_kl))
         self._metrics[mode]["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
-        if metrics:
-            names = list(metrics)
-            values = torch.tensor([metrics[n] for n in names], dtype=torch.float64, device=self.accelerator.device)
-            values = self.accelerator.reduce(values, reduction="mean").tolist()
-            for name, value in zip(names, values):
-                self._metrics[mode][name].append(value)
+        # Objective metrics pool over the optimizer step: every call of the accumulation window, on
+        # every process (objectives.reduce_metrics), then one value is logged for the step.
+        pending = self._stalerl_pending.setdefault(mode, [])
+        pending.append(out)
+        window = self.current_gradient_accumulation_steps if mode == "train" else 1
+        if mode == "train" and (self._step + 1) % window != 0:
+            return
+        gather = (lambda x: self.accelerator.gather(x.to(self.accelerator.device)).cpu()) \
+            if self.accelerator.num_processes > 1 else None
+        # statistics a call already gathered over the processes are pooled over the calls only
+        batch = pool_stats([o.batch_metrics for o in pending])
+        values = objectives.reduce_metrics([o.stats for o in pending], batch=batch, gather=gather)
+        pending.clear()
+        for name, value in values.items():
+            self._metrics[mode][name].append(value)
 
     # ------------------------------------------------------------------ objective state in checkpoints
     def _save_checkpoint(self, model, trial) -> None:

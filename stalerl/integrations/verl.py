@@ -47,9 +47,15 @@ quantile) are the whole optimizer mini-batch's when the actor runs stalerl's wor
 (:mod:`stalerl.integrations.verl_actor`): it computes them in a no-grad pass before the
 micro-batches and hands them to this loss (:func:`stalerl.integrations.verl_minibatch.current_stats`);
 AC-MIS-PO's controller then steps once per mini-batch, identically on every rank, and is saved with
-verl's actor checkpoint. Without that worker the loss falls back to the statistics of each
+verl's actor checkpoint (its warm-up counts training steps: set ``updates_per_train_step`` to the
+mini-batches per training step, or without the worker to the loss calls per training step). Without that worker the loss falls back to the statistics of each
 micro-batch alone and warns once per objective; ``stats_scope: micro`` in the stalerl dict selects
 that behaviour explicitly (the released M2PO code's) without a warning.
+Metrics: where the objective's statistics span the ranks within a call (``stats_scope="mini"``
+without the worker), a call's metrics are pooled over the ranks with
+:func:`stalerl.objectives.reduce_metrics` (maxima as maxima, rates over trajectories, spreads
+from pooled moments); verl itself then averages the micro-batches' values, so with more than one
+micro-batch per mini-batch a maximum or a spread is verl's mean of per-micro-batch values.
 
 **Limits.** verl passes no inference-engine log-probs to a policy loss, so ``reference="rollout"``
 MIS-PO is unavailable and ``tis`` is computed as the ``grpo`` loss times verl's own
@@ -68,7 +74,8 @@ from typing import Any, Callable
 import torch
 
 from stalerl import objectives
-from stalerl.integrations import _as_plain, per_token_loss, verl_minibatch
+from stalerl.integrations import _as_plain, verl_minibatch
+from stalerl.objectives import distributed as dist_utils
 
 try:
     from verl.workers.config import PolicyLossConfig as _VerlPolicyLossConfig
@@ -280,8 +287,12 @@ def make_policy_loss(name: str) -> Callable:
             stats = verl_minibatch.current_stats(obj)
             if stats is None:
                 obj = _micro_fallback(name, hp)
-        loss_mat, agg_mask, metrics = per_token_loss(obj, log_prob, old_log_prob, advantages, response_mask,
-                                                     batch_stats=stats)
+        out = obj.per_token_loss(log_prob, old_log_prob, advantages, response_mask, batch_stats=stats)
+        loss_mat, agg_mask = out.loss_mat, out.agg_mask
+        # pooled over the ranks only where this call already spans them (no collective otherwise:
+        # with the worker, ranks may run different numbers of micro-batches)
+        gather = dist_utils.all_gather_varlen if stats is None and obj.spans_ranks() else None
+        metrics = objectives.reduce_metrics([out.stats], batch=out.batch_metrics, gather=gather)
         if rollout_is_weights is not None:
             loss_mat = loss_mat * rollout_is_weights.to(loss_mat.dtype)
             if name in _VERL_SUBSTITUTE:

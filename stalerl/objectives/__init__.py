@@ -22,8 +22,9 @@ import dataclasses
 from typing import Any
 
 from stalerl.objectives.ac_mispo import ACMISPO
-from stalerl.objectives.base import BatchStats, Objective, ObjectiveConfig, ObjectiveOutput
+from stalerl.objectives.base import BatchStats, Objective, ObjectiveConfig, ObjectiveOutput, reduce_metrics
 from stalerl.objectives.cispo import CISPO
+from stalerl.objectives.core import Stat
 from stalerl.objectives.grpo import GRPO
 from stalerl.objectives.gspo import GSPO, GSPOToken
 from stalerl.objectives.m2po import M2PO
@@ -150,7 +151,7 @@ def describe() -> list[dict[str, Any]]:
 
 __all__ = [
     "available", "build", "register", "defaults", "describe", "load_objective_class", "REGISTRY", "PRESETS",
-    "Objective", "ObjectiveConfig", "ObjectiveOutput", "BatchStats",
+    "Objective", "ObjectiveConfig", "ObjectiveOutput", "BatchStats", "Stat", "reduce_metrics",
     "GRPO", "NoTrustRegion", "GSPO", "GSPOToken", "CISPO", "M2PO", "M2POCapped", "MISPO", "MISPOTokenOnly",
     "MISPORandomTraj", "ACMISPO", "MinPRO", "TIS",
 ]

@@ -4,15 +4,20 @@ MIS-PO with a symmetric trajectory bound ``[exp(-b_k), exp(b_k)]`` set by a cont
 targets an acceptance-rate schedule. At update step k, over the mini-batch's trajectories::
 
     z_i = |log rho(tau_i)|                                    (eq. 5)
-    A*_k = A_start - (A_start - A_end) * k / K_warmup  (k <= K_warmup), else A_end   (eq. 8)
+    A*_k = A_start - (A_start - A_end) * j / K_warmup  (j <= K_warmup), else A_end   (eq. 8)
     b_cand = Quantile_{A*_k}(z)                               (eq. 6)
     b_k = clip(beta * b_{k-1} + (1 - beta) * b_cand, b_min, b_max)                   (eq. 7)
 
-Defaults: beta = 0.9, A: 0.4 -> 0.2 over 200 steps, b in [ln 1.0002, ln 1.01], b_0 = b_max
-(= ln 1.01 ≈ 0.00995); token bounds stay [0.5, 2].
+Defaults: beta = 0.9, A: 0.4 -> 0.2 over 200 training steps, b in [ln 1.0002, ln 1.01],
+b_0 = b_max (= ln 1.01 ≈ 0.00995); token bounds stay [0.5, 2].
 
-Decisions (SPEC §2): one controller step per optimizer mini-batch (the first one is k = 1 and
-uses b_0 as b_{k-1}); the bound b_k computed from a batch is applied to that same batch; the
+Decisions: the EMA (eq. 7) takes one step k per optimizer mini-batch (the first one is k = 1 and
+uses b_0 as b_{k-1}); the schedule (eq. 8) counts *training steps* j = k / updates_per_train_step
+(``warmup_train_steps`` = K_warmup = 200): the paper states K_warmup "= 200 steps" on the same
+axis as its "300–400 steps" of training and its Figure 2, and reports that "by step 200, the bound
+converges" and acceptance decays "to ~20–25% after warmup" (§3.4, §4.3); counted in optimizer
+updates (4 per step) the schedule would end at training step 50 (docs/OBJECTIVES.md).
+``stalerl train`` sets ``updates_per_train_step`` to ``optim.mini_batches``; the bound b_k computed from a batch is applied to that same batch; the
 quantile is linear interpolation (``torch.quantile``); z is gathered over data-parallel ranks; a
 mini-batch with no valid trajectory leaves the state unchanged. The state (k, b_k) is saved with
 :meth:`state_dict`.
@@ -28,6 +33,7 @@ import torch
 
 from stalerl.objectives import core
 from stalerl.objectives.base import BatchStatsConfig
+from stalerl.objectives.core import Stat
 from stalerl.objectives.mispo import MISPO, MISPOConfig
 
 
@@ -41,12 +47,17 @@ class ACMISPOConfig(MISPOConfig, BatchStatsConfig):
     """Target acceptance rate A_start at step 0."""
     accept_end: float = 0.2
     """Target acceptance rate A_end after the warm-up."""
-    warmup_steps: int = 200
-    """K_warmup: steps over which the target decays linearly from accept_start to accept_end."""
+    warmup_train_steps: int = 200
+    """K_warmup, in training steps (generation batches consumed): the target decays linearly from
+    accept_start to accept_end over them (the paper: 200 steps)."""
     bound_min: float = math.log(1.0002)
     """b_min: smallest log-bound (some filtering always happens)."""
     bound_max: float = math.log(1.01)
     """b_max: largest log-bound, and the initial bound b_0."""
+    updates_per_train_step: int = 1
+    """Controller steps (optimizer mini-batches, or loss calls in verl) per training step, to
+    convert the update count k into training steps for the schedule; ``stalerl train`` sets it to
+    ``optim.mini_batches`` unless given."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,8 +67,10 @@ class ACMISPOConfig(MISPOConfig, BatchStatsConfig):
             raise ValueError("accept_start and accept_end must lie in (0, 1)")
         if not 0 <= self.bound_min <= self.bound_max:
             raise ValueError("need 0 <= bound_min <= bound_max")
-        if self.warmup_steps < 0:
-            raise ValueError("warmup_steps must be >= 0")
+        if self.warmup_train_steps < 0:
+            raise ValueError("warmup_train_steps must be >= 0")
+        if self.updates_per_train_step < 1:
+            raise ValueError("updates_per_train_step must be >= 1")
 
 
 class ACMISPO(MISPO):
@@ -72,11 +85,12 @@ class ACMISPO(MISPO):
         self.bound = float(self.config.bound_max)
 
     def target_acceptance(self, step: int) -> float:
-        """A*_k of eq. 8."""
+        """A*_k of eq. 8 at controller step k = ``step`` (training step k / updates_per_train_step)."""
         cfg = self.config
-        if cfg.warmup_steps == 0 or step > cfg.warmup_steps:
+        train_step = step / cfg.updates_per_train_step
+        if cfg.warmup_train_steps == 0 or train_step > cfg.warmup_train_steps:
             return cfg.accept_end
-        return cfg.accept_start - (cfg.accept_start - cfg.accept_end) * step / cfg.warmup_steps
+        return cfg.accept_start - (cfg.accept_start - cfg.accept_end) * train_step / cfg.warmup_train_steps
 
     def update_bound(self, z: torch.Tensor) -> dict[str, float]:
         """One controller step from the |log rho| of a mini-batch's trajectories (eqs. 5-7)."""
@@ -95,10 +109,10 @@ class ACMISPO(MISPO):
             ref = self.reference_log_prob(olp, None if rollout_log_prob is None else rollout_log_prob[i])
             traj = core.sequence_log_ratio(core.log_ratio(lp, ref), m)
             z.append(traj[m.sum(-1) > 0].abs())
-        stats.metrics.update(self.update_bound(self.gather(torch.cat(z))))
+        stats.metrics.update({k: Stat.last(v) for k, v in self.update_bound(self.gather(torch.cat(z))).items()})
         stats.payload["bound"] = self.bound
-        stats.metrics["actor/traj_bound"] = self.bound
-        stats.metrics["actor/controller_step"] = float(self.step)
+        stats.metrics["actor/traj_bound"] = Stat.last(self.bound)
+        stats.metrics["actor/controller_step"] = Stat.last(self.step)
 
     def traj_bounds(self, batch_stats) -> tuple[float, float]:
         bound = batch_stats.payload["bound"]

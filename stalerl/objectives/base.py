@@ -19,19 +19,31 @@ Without ``batch_stats`` a call treats its own tensors as the mini-batch and norm
 With ``torch.distributed`` initialised the statistics are gathered across ranks;
 ``stats_scope="micro"`` reproduces the released M2PO code: statistics of each call alone (a
 given ``batch_stats`` then only supplies the normaliser).
+
+**Metrics pool over the mini-batch.** An objective reports each metric as a
+:class:`~stalerl.objectives.core.Stat` with a declared reduction (a sum and a count, a maximum,
+pooled moments...). :func:`reduce_metrics` pools the calls of one mini-batch (and, given a
+``gather``, all ranks), so that a metric has one value per mini-batch whatever the micro-batch
+size: maxima stay maxima, trajectory rates are rates over trajectories, spreads come from pooled
+moments, token means are weighted by tokens. ``out.stats`` holds a call's own statistics,
+``out.batch_metrics`` those of the mini-batch statistics (counted once); ``out.metrics`` are
+the values of this call. The loop, the TRL trainer and the verl loss all use
+:func:`reduce_metrics` (tests/test_training.py checks equality at micro-batch sizes 16, 4, 1).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 
 from stalerl.objectives import core
 from stalerl.objectives import distributed as dist_utils
+from stalerl.objectives.core import Stat
 
 
 @dataclass
@@ -45,6 +57,10 @@ class ObjectiveOutput:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     """Detached tensors for diagnostics: ``traj_log_ratio`` (B,), ``traj_accepted`` (B,) bool,
     ``token_kept`` (B, T) bool where an objective masks tokens."""
+    stats: dict[str, Stat] = field(default_factory=dict)
+    """This call's metrics as sufficient statistics (host), to pool with :func:`reduce_metrics`."""
+    batch_metrics: dict[str, Stat] = field(default_factory=dict)
+    """Metrics of statistics that already span the mini-batch (and the ranks): count them once."""
 
 
 @dataclass
@@ -58,6 +74,10 @@ class PerTokenLoss:
     metrics: dict[str, float]
     extras: dict[str, torch.Tensor]
     batch_stats: "BatchStats"
+    stats: dict[str, Stat] = field(default_factory=dict)
+    """As :attr:`ObjectiveOutput.stats`."""
+    batch_metrics: dict[str, Stat] = field(default_factory=dict)
+    """As :attr:`ObjectiveOutput.batch_metrics`."""
 
 
 @dataclass
@@ -73,8 +93,11 @@ class BatchStats:
     num_tokens: float
     num_seqs: float
     payload: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Stat] = field(default_factory=dict)
+    """Metrics of the mini-batch statistics (M̂2 before masking, N_acc, the bound), with host parts."""
     cursor: int = 0
+    horizon: float | None = None
+    """Response length that ``seq-mean-token-sum-norm`` divides by, fixed for the mini-batch."""
 
 
 @dataclass
@@ -180,8 +203,10 @@ class Objective:
             num_tokens=stats.num_tokens,
             num_seqs=stats.num_seqs,
             loss_scale_factor=self.config.loss_scale_factor,
+            horizon=stats.horizon,
         )
-        return ObjectiveOutput(loss=loss, metrics=per_token.metrics, extras=per_token.extras)
+        return ObjectiveOutput(loss=loss, metrics=per_token.metrics, extras=per_token.extras,
+                               stats=per_token.stats, batch_metrics=per_token.batch_metrics)
 
     def per_token_loss(
         self,
@@ -203,7 +228,8 @@ class Objective:
         log_prob, old_log_prob, advantages, mask, rollout_log_prob = self._prepare(
             log_prob, old_log_prob, advantages, response_mask, rollout_log_prob
         )
-        if batch_stats is None or (self.uses_batch_stats and not self.mini_batch_scoped):
+        own = batch_stats is None or (self.uses_batch_stats and not self.mini_batch_scoped)
+        if own:
             # Statistics of this call alone: no batch_stats given (the call is the whole
             # mini-batch), or stats_scope="micro"; a given batch_stats still sets the normaliser.
             local = self._batch_stats_from(
@@ -212,11 +238,20 @@ class Objective:
             )
             if batch_stats is not None:
                 local.num_tokens, local.num_seqs = batch_stats.num_tokens, batch_stats.num_seqs
+                local.horizon = batch_stats.horizon
             batch_stats = local
         loss_mat, agg_mask, metrics, extras = self.compute(
             log_prob, old_log_prob, advantages, mask, rollout_log_prob, batch_stats
         )
-        return PerTokenLoss(loss_mat, agg_mask, self._to_floats(metrics, batch_stats), extras, batch_stats)
+        call_stats = self._to_stats(metrics, mask)
+        if own and not self._cross_rank():
+            # this call's own statistics: they pool with the other calls' like any metric
+            call_stats.update(batch_stats.metrics)
+            batch_metrics: dict[str, Stat] = {}
+        else:  # shared by every call of the mini-batch, or already gathered over the ranks
+            batch_metrics = dict(batch_stats.metrics)
+        floats = reduce_metrics([call_stats], batch=batch_metrics)
+        return PerTokenLoss(loss_mat, agg_mask, floats, extras, batch_stats, call_stats, batch_metrics)
 
     def batch_stats(
         self,
@@ -226,12 +261,15 @@ class Objective:
         response_mask: torch.Tensor | Sequence[torch.Tensor],
         *,
         rollout_log_prob: torch.Tensor | Sequence[torch.Tensor] | None = None,
+        horizon: float | None = None,
     ) -> BatchStats:
         """Statistics of a whole optimizer mini-batch, given as tensors or lists of micro-batches.
 
         ``log_prob`` are the current policy's log-probs (detached) before the update. Stateful
         objectives advance their state here (AC-MIS-PO's controller takes one step), so call it
-        once per mini-batch.
+        once per mini-batch. ``horizon`` is the response length ``seq-mean-token-sum-norm``
+        divides by (default: the longest padded length ``T`` among the micro-batches, over all
+        ranks), so that the micro-batch losses add up to the mini-batch loss however it is split.
         """
         as_list = lambda x: None if x is None else (list(x) if isinstance(x, (list, tuple)) else [x])  # noqa: E731
         parts = [as_list(log_prob), as_list(old_log_prob), as_list(advantages), as_list(response_mask)]
@@ -243,10 +281,17 @@ class Objective:
             for i, (lp, olp, adv, m) in enumerate(zip(*parts))
         ]
         lps, olps, advs, masks, rlps = (list(x) for x in zip(*prepared))
-        return self._batch_stats_from(
+        stats = self._batch_stats_from(
             [lp.detach() for lp in lps], olps, advs, masks, None if rollout_parts is None else rlps,
             global_counts=True, with_payload=self.mini_batch_scoped,
         )
+        if horizon is None:
+            longest = torch.tensor([float(max(m.shape[-1] for m in masks))], dtype=torch.float64)
+            if dist_utils.is_distributed():
+                longest = dist_utils.all_gather_varlen(longest.to(masks[0].device)).max().reshape(1)
+            horizon = float(longest.item())
+        stats.horizon = float(horizon)
+        return stats
 
     def state_dict(self) -> dict[str, Any]:
         """State to checkpoint (empty for stateless objectives)."""
@@ -290,6 +335,12 @@ class Objective:
         if self._cross_rank():
             return dist_utils.all_gather_varlen(tensor)
         return tensor
+
+    def spans_ranks(self) -> bool:
+        """True when this objective's statistics are gathered over the data-parallel ranks
+        (``stats_scope="mini"`` under ``torch.distributed``): every rank makes the same calls, so
+        a caller may pool the metrics over the ranks too (``reduce_metrics(..., gather=...)``)."""
+        return self._cross_rank()
 
     # ------------------------------------------------------------------ internals
     def _cross_rank(self) -> bool:
@@ -353,13 +404,73 @@ class Objective:
         )
 
     @staticmethod
-    def _to_floats(metrics: dict[str, torch.Tensor], stats: BatchStats) -> dict[str, float]:
+    def _to_stats(metrics: dict[str, Any], mask: torch.Tensor) -> dict[str, Stat]:
+        """The metrics of :meth:`compute` as host :class:`Stat` (a plain tensor or number is taken
+        as a token mean over this call's valid tokens, so a user objective pools by tokens)."""
         # One device->host transfer for all metrics, not one .item() each.
-        names = list(metrics)
-        out: dict[str, float] = {}
-        if names:
-            device = next(m.device for m in metrics.values() if isinstance(m, torch.Tensor))
-            stacked = torch.stack([torch.as_tensor(metrics[n], device=device).detach().to(torch.float64) for n in names])
-            out = dict(zip(names, stacked.tolist()))
-        out.update(stats.metrics)
+        tokens = mask.detach().sum().to(torch.float64)
+        kinds, flat, sizes = [], [], []
+        for name, m in metrics.items():
+            if isinstance(m, Stat):
+                part = torch.as_tensor(m.parts).detach().to(device=mask.device, dtype=torch.float64).reshape(-1)
+                kinds.append(m.kind)
+            else:
+                value = torch.as_tensor(m, dtype=torch.float64, device=mask.device).detach().reshape(())
+                part = torch.stack([value * tokens, tokens])
+                kinds.append("mean")
+            flat.append(part)
+            sizes.append(part.numel())
+        if not flat:
+            return {}
+        values = torch.cat(flat).tolist()
+        out, i = {}, 0
+        for name, kind, n in zip(metrics, kinds, sizes):
+            out[name] = Stat(kind, tuple(values[i:i + n]))
+            i += n
         return out
+
+
+def reduce_metrics(
+    parts: Sequence[dict[str, Stat]],
+    *,
+    batch: dict[str, Stat] | None = None,
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, float]:
+    """One value per metric for a mini-batch: ``parts`` (one dict per call, host :class:`Stat`)
+    pooled together, then, with ``gather`` (concatenates a 1-D tensor over ranks in rank order,
+    e.g. :func:`stalerl.objectives.distributed.all_gather_varlen` or accelerate's ``gather``),
+    over the ranks; ``batch`` (statistics that already span the mini-batch and the ranks) is
+    counted once. Every rank must hold the same metric names when ``gather`` is given.
+    """
+    pooled = pool_stats(parts)
+    if gather is not None and pooled:
+        pooled = _pool_ranks(pooled, gather)
+    for name, stat in (batch or {}).items():
+        pooled.setdefault(name, stat)
+    return {name: stat.value() for name, stat in pooled.items()}
+
+
+def pool_stats(parts: Sequence[dict[str, Stat]]) -> dict[str, Stat]:
+    """The :class:`Stat` of each metric over all ``parts`` (host parts), e.g. the calls of a mini-batch."""
+    pooled: dict[str, Stat] = {}
+    for part in parts:
+        for name, stat in part.items():
+            pooled[name] = pooled[name].merge(stat) if name in pooled else Stat(stat.kind, tuple(stat.parts))
+    return pooled
+
+
+def _pool_ranks(pooled: dict[str, Stat], gather) -> dict[str, Stat]:
+    names = sorted(pooled)
+    row = [x for n in names for x in (*pooled[n].parts,)]
+    gathered = gather(torch.tensor(row, dtype=torch.float64)).reshape(-1).tolist()
+    if len(gathered) % len(row):
+        raise ValueError("reduce_metrics: the ranks report different metrics; every rank must log the same names")
+    out: dict[str, Stat] = {}
+    for r in range(len(gathered) // len(row)):
+        i = r * len(row)
+        for n in names:
+            k = len(pooled[n].parts)
+            stat = Stat(pooled[n].kind, tuple(gathered[i:i + k]))
+            out[n] = out[n].merge(stat) if n in out else stat
+            i += k
+    return out

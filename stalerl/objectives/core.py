@@ -8,9 +8,16 @@ tensors are ``(B, T)`` unless said otherwise, ``mask`` marks valid response toke
 * Clip bounds are always written ``1 - epsilon_low`` / ``1 + epsilon_high`` (verl's
   convention). TRL's CISPO takes an absolute cap instead; stalerl converts at the boundary.
 * Losses are ``-objective`` and are aggregated with verl's ``loss_agg_mode`` names.
+* Metrics are :class:`Stat` sufficient statistics (a sum and a count, a maximum, pooled moments),
+  so that a mini-batch split into micro-batches, or over ranks, reports the value of the whole
+  mini-batch (:func:`stalerl.objectives.base.reduce_metrics`).
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -84,6 +91,7 @@ def aggregate(
     num_tokens: float | torch.Tensor | None = None,
     num_seqs: float | torch.Tensor | None = None,
     loss_scale_factor: float | None = None,
+    horizon: float | None = None,
 ) -> torch.Tensor:
     """Reduce a ``(B, T)`` per-token loss to a scalar, with verl's ``loss_agg_mode`` semantics.
 
@@ -91,7 +99,9 @@ def aggregate(
     * ``seq-mean-token-mean``: per-sequence token mean, then mean over non-empty sequences.
     * ``seq-mean-token-sum``: per-sequence token sum, then mean over non-empty sequences.
     * ``seq-mean-token-sum-norm``: as ``seq-mean-token-sum`` then divided by
-      ``loss_scale_factor`` (default: the horizon ``T`` of this call, as verl).
+      ``loss_scale_factor``, else by ``horizon`` (a response length fixed for the whole
+      mini-batch: the loop passes ``rollout.max_new_tokens``, verl's padded response length),
+      else by the horizon ``T`` of this call (verl's ``agg_loss`` default).
     * ``token-sum``: sum over valid tokens.
 
     ``num_tokens`` / ``num_seqs`` replace the local counts by those of the whole optimizer
@@ -112,7 +122,8 @@ def aggregate(
         denom = seq_valid.sum() if num_seqs is None else num_seqs
         loss = (seq_loss * seq_valid).sum() / _at_least_one(denom, loss_mat)
         if mode == "seq-mean-token-sum-norm":
-            loss = loss / (loss_mat.shape[-1] if loss_scale_factor is None else loss_scale_factor)
+            scale = loss_scale_factor if loss_scale_factor is not None else horizon
+            loss = loss / (loss_mat.shape[-1] if scale is None else scale)
         return loss
     raise ValueError(f"unknown loss_agg_mode {mode!r}; expected one of {', '.join(AGG_MODES)}")
 
@@ -165,25 +176,116 @@ def trust_region_tokens(token_log_ratio: torch.Tensor, advantages: torch.Tensor,
     return harmful & (mask > 0)
 
 
-def ratio_metrics(token_log_ratio: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+def ratio_metrics(token_log_ratio: torch.Tensor, mask: torch.Tensor) -> dict[str, Stat]:
     """Ratio statistics every objective reports, verl-style names.
 
     ``actor/ppo_kl`` is the k1 estimate ``mean(-log r)``; ``actor/kl_k3`` is
     ``mean(r - 1 - log r)`` (non-negative); ``actor/m2`` is ``mean((log r)^2)`` over all valid
-    tokens (the M2PO paper's M̂2 before any masking).
+    tokens (the M2PO paper's M̂2 before any masking); ``actor/ratio_max`` the largest ratio.
     """
+    token_log_ratio = token_log_ratio.detach()
     ratio = torch.exp(token_log_ratio)
     return {
-        "actor/ppo_kl": masked_mean(-token_log_ratio, mask),
-        "actor/kl_k3": masked_mean(ratio - 1 - token_log_ratio, mask),
-        "actor/m2": masked_mean(token_log_ratio.square(), mask),
-        "actor/ratio_mean": masked_mean(ratio, mask),
-        "actor/ratio_max": masked_max(ratio, mask),
+        "actor/ppo_kl": Stat.mean(-token_log_ratio, mask),
+        "actor/kl_k3": Stat.mean(ratio - 1 - token_log_ratio, mask),
+        "actor/m2": Stat.mean(token_log_ratio.square(), mask),
+        "actor/ratio_mean": Stat.mean(ratio, mask),
+        "actor/ratio_max": Stat.max(ratio, mask),
     }
 
 
-def clip_metrics(mask: torch.Tensor, clipped_low: torch.Tensor, clipped_high: torch.Tensor) -> dict[str, torch.Tensor]:
+def clip_metrics(mask: torch.Tensor, clipped_low: torch.Tensor, clipped_high: torch.Tensor) -> dict[str, Stat]:
     """``actor/pg_clipfrac`` (all clipped/truncated/masked tokens) and its low/high split."""
-    low = masked_mean(clipped_low, mask)
-    high = masked_mean(clipped_high, mask)
-    return {"actor/pg_clipfrac": low + high, "actor/pg_clipfrac_low": low, "actor/pg_clipfrac_high": high}
+    return {
+        "actor/pg_clipfrac": Stat.mean(clipped_low + clipped_high, mask),
+        "actor/pg_clipfrac_low": Stat.mean(clipped_low, mask),
+        "actor/pg_clipfrac_high": Stat.mean(clipped_high, mask),
+    }
+
+
+# ============================================================================ metric statistics
+
+STAT_KINDS = ("mean", "sum", "max", "min", "std", "last")
+"""How a metric pools over micro-batches and ranks (:class:`Stat`)."""
+
+
+@dataclass
+class Stat:
+    """A metric as sufficient statistics, so that pooling parts gives the value of their union.
+
+    ``kind`` and ``parts`` (a 1-D tensor, or a tuple of floats once on the host):
+
+    * ``mean``: ``(sum of w*x, sum of w)``, value ``sum / count`` (0 when the count is 0): token
+      means weighted by tokens, trajectory rates weighted by trajectories;
+    * ``sum``: ``(total,)``; ``max`` / ``min``: ``(extreme, count)`` (0 when nothing was counted);
+    * ``std``: ``(count, mean, M)`` with ``M`` the sum of squared deviations; parts combine with
+      Chan et al.'s pairwise update, value ``sqrt(M / count)`` (population std);
+    * ``last``: ``(value,)``, the later part wins (a controller's state after its last step).
+    """
+
+    kind: str
+    parts: Any
+
+    @staticmethod
+    def mean(values: torch.Tensor, weights: torch.Tensor) -> Stat:
+        w = weights.to(values.dtype)
+        return Stat("mean", torch.stack([(values * w).sum(), w.sum()]))
+
+    @staticmethod
+    def max(values: torch.Tensor, mask: torch.Tensor) -> Stat:
+        return Stat("max", torch.stack([masked_max(values, mask), mask.sum().to(values.dtype)]))
+
+    @staticmethod
+    def min(values: torch.Tensor, mask: torch.Tensor) -> Stat:
+        return Stat("min", torch.stack([-masked_max(-values, mask), mask.sum().to(values.dtype)]))
+
+    @staticmethod
+    def std(values: torch.Tensor, weights: torch.Tensor) -> Stat:
+        w = weights.to(values.dtype)
+        count = w.sum()
+        avg = masked_mean(values, w)
+        return Stat("std", torch.stack([count, avg, (w * (values - avg).square()).sum()]))
+
+    @staticmethod
+    def total(value: float) -> Stat:
+        """A count or sum given as a number (host parts)."""
+        return Stat("sum", (float(value),))
+
+    @staticmethod
+    def last(value: float) -> Stat:
+        """A state given as a number (host parts)."""
+        return Stat("last", (float(value),))
+
+    @staticmethod
+    def ratio(total: float, count: float) -> Stat:
+        """A mean given as its sum and count (host parts)."""
+        return Stat("mean", (float(total), float(count)))
+
+    def value(self) -> float:
+        """The metric's value (``parts`` on the host)."""
+        p = self.parts
+        if self.kind == "mean":
+            return p[0] / p[1] if p[1] > 0 else 0.0
+        if self.kind == "std":
+            return math.sqrt(max(p[2], 0.0) / p[0]) if p[0] > 0 else 0.0
+        return float(p[0])
+
+    def merge(self, other: Stat) -> Stat:
+        """The statistics of both parts together (``parts`` on the host)."""
+        if other.kind != self.kind:
+            raise ValueError(f"cannot pool a {self.kind!r} metric with a {other.kind!r} one")
+        a, b = self.parts, other.parts
+        if self.kind in ("mean", "sum"):
+            return Stat(self.kind, tuple(x + y for x, y in zip(a, b)))
+        if self.kind in ("max", "min"):
+            if a[1] <= 0 or b[1] <= 0:
+                return self if b[1] <= 0 else other
+            pick = max if self.kind == "max" else min
+            return Stat(self.kind, (pick(a[0], b[0]), a[1] + b[1]))
+        if self.kind == "std":  # Chan, Golub & LeVeque (1979): pooled count, mean and M
+            n = a[0] + b[0]
+            if n <= 0:
+                return self
+            delta = b[1] - a[1]
+            return Stat("std", (n, a[1] + delta * b[0] / n, a[2] + b[2] + delta * delta * a[0] * b[0] / n))
+        return other  # last

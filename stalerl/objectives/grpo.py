@@ -50,7 +50,7 @@ def clipped_surrogate(config: ClipConfig, log_prob, old_log_prob, advantages, ma
     )
     metrics = core.ratio_metrics(token_log_ratio, mask)
     metrics.update(core.clip_metrics(mask, low, high))
-    metrics["actor/pg_clipfrac_lower"] = core.masked_mean(dual, mask)
+    metrics["actor/pg_clipfrac_lower"] = core.Stat.mean(dual, mask)
     return loss, metrics, token_log_ratio
 
 

@@ -57,7 +57,7 @@ class GSPO(Objective):
         loss, low, high, _ = core.ppo_clip_loss(seq_ratio, advantages, 1 - cfg.epsilon_low, 1 + cfg.epsilon_high)
         metrics = core.ratio_metrics(token_log_ratio, mask)
         metrics.update(core.clip_metrics(mask, low, high))
-        metrics["actor/seq_ratio_mean"] = core.masked_mean(torch.exp(seq_log_ratio.detach()), (mask.sum(-1) > 0).to(mask.dtype))
+        metrics["actor/seq_ratio_mean"] = core.Stat.mean(torch.exp(seq_log_ratio.detach()), (mask.sum(-1) > 0).to(mask.dtype))
         return loss, mask, metrics, {"traj_log_ratio": seq_log_ratio.detach()}
 
 

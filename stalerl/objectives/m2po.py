@@ -31,6 +31,7 @@ import torch
 from stalerl.objectives import core
 from stalerl.objectives import distributed as dist_utils
 from stalerl.objectives.base import BatchStatsConfig, Objective
+from stalerl.objectives.core import Stat
 
 
 @dataclass
@@ -141,10 +142,10 @@ class M2PO(Objective):
             ties_seen, _ = dist_utils.rank_offsets(int((local == cutoff).sum()), device=local.device)
         stats.payload.update(cutoff=cutoff, ties_keep=ties_keep, ties_seen=ties_seen)
         stats.metrics.update({
-            "actor/m2_before": total / max(n, 1),
-            "actor/m2_after": kept_sum / max(keep, 1),
-            "actor/m2_masked_tokens": float(n - keep),
-            "actor/m2_trust_region_tokens": float(n),
+            "actor/m2_before": Stat.ratio(total, n),
+            "actor/m2_after": Stat.ratio(kept_sum, keep),
+            "actor/m2_masked_tokens": Stat.total(n - keep),
+            "actor/m2_trust_region_tokens": Stat.total(n),
         })
 
     def keep_mask(self, values: torch.Tensor, candidates: torch.Tensor, stats) -> torch.Tensor:
@@ -167,7 +168,7 @@ class M2PO(Objective):
         masked_f = masked.to(mask.dtype)
         metrics = core.ratio_metrics(token_log_ratio, mask)
         metrics.update(core.clip_metrics(mask, masked_f * (token_log_ratio < 0), masked_f * (token_log_ratio >= 0)))
-        metrics["actor/masked_frac"] = core.masked_mean(masked_f, mask)
+        metrics["actor/masked_frac"] = Stat.mean(masked_f, mask)
         extras = {
             "traj_log_ratio": core.sequence_log_ratio(token_log_ratio, mask).detach(),
             "token_kept": (token_mask > 0),

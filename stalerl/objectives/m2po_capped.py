@@ -28,6 +28,7 @@ import torch
 
 from stalerl.objectives import core
 from stalerl.objectives.base import Objective
+from stalerl.objectives.core import Stat
 from stalerl.objectives.m2po import M2POConfig, m2po_candidates
 
 
@@ -57,9 +58,12 @@ class M2POCapped(Objective):
         for lp, olp, adv, m in zip(log_prob, old_log_prob, advantages, mask):
             lr = core.log_ratio(lp, olp)
             values.append(lr.square()[m2po_candidates(self.config, lr, adv, m)])
-        cap = solve_m2_cap(self.gather(torch.cat(values)), self.config.tau)
+        values = self.gather(torch.cat(values))
+        cap = solve_m2_cap(values, self.config.tau)
         stats.payload["cap"] = cap
-        stats.metrics["actor/m2_cap"] = cap if math.isfinite(cap) else core.LOG_RATIO_CLAMP
+        # one value per mini-batch; stats_scope="micro" pools the calls' caps weighted by their tokens
+        shown = cap if math.isfinite(cap) else core.LOG_RATIO_CLAMP
+        stats.metrics["actor/m2_cap"] = Stat.ratio(shown * max(values.numel(), 1), max(values.numel(), 1))
 
     def compute(self, log_prob, old_log_prob, advantages, mask, rollout_log_prob, batch_stats):
         cap = batch_stats.payload["cap"]

@@ -29,5 +29,5 @@ class MinPRO(Objective):
         weight_log_ratio = core.clamp_log(log_prefix_min + token_log_ratio)
         loss, metrics = truncated_is_loss(self.config, weight_log_ratio, log_prob, advantages, mask)
         metrics.update(core.ratio_metrics(core.log_ratio(log_prob, old_log_prob), mask))
-        metrics["actor/prefix_ratio_mean"] = core.masked_mean(log_prefix_min.exp(), mask)
+        metrics["actor/prefix_ratio_mean"] = core.Stat.mean(log_prefix_min.exp(), mask)
         return loss, mask, metrics, {"traj_log_ratio": core.sequence_log_ratio(token_log_ratio, mask)}

@@ -26,6 +26,7 @@ import torch
 
 from stalerl.objectives import core
 from stalerl.objectives.base import Objective, ObjectiveConfig
+from stalerl.objectives.core import Stat
 
 
 @dataclass
@@ -95,18 +96,15 @@ class MISPO(Objective):
         metrics = core.ratio_metrics(token_log_ratio, mask)
         metrics.update(core.clip_metrics(mask, rejected * (ratio_d < 1), rejected * (ratio_d >= 1)))
         seq_valid_f = seq_valid.to(mask.dtype)
-        metrics["actor/traj_accept_rate"] = core.masked_mean(traj_ok.to(mask.dtype), seq_valid_f)
-        metrics["actor/token_accept_rate"] = core.masked_mean(token_ok.to(mask.dtype), mask)
-        metrics["actor/masked_frac"] = core.masked_mean(rejected, mask)
+        # rates over trajectories, token shares over tokens, the spread from pooled moments
+        metrics["actor/traj_accept_rate"] = Stat.mean(traj_ok.to(mask.dtype), seq_valid_f)
+        metrics["actor/token_accept_rate"] = Stat.mean(token_ok.to(mask.dtype), mask)
+        metrics["actor/masked_frac"] = Stat.mean(rejected, mask)
         accepted_traj = traj_ok.to(mask.dtype) * seq_valid_f
-        metrics["actor/accepted_log_ratio_std"] = _masked_std(traj_log_ratio, accepted_traj)
+        metrics["actor/accepted_log_ratio_std"] = Stat.std(traj_log_ratio, accepted_traj)
         extras = {"traj_log_ratio": traj_log_ratio, "traj_accepted": traj_ok, "token_kept": keep > 0}
         return loss, mask, metrics, extras
 
-
-def _masked_std(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    mean = core.masked_mean(values, weights)
-    return core.masked_mean((values - mean).square(), weights).sqrt()
 
 
 class MISPOTokenOnly(MISPO):

@@ -22,6 +22,7 @@ import torch
 from stalerl.objectives import core
 from stalerl.objectives import distributed as dist_utils
 from stalerl.objectives.base import BatchStatsConfig
+from stalerl.objectives.core import Stat
 from stalerl.objectives.mispo import MISPO, MISPOConfig
 
 
@@ -66,7 +67,7 @@ class MISPORandomTraj(MISPO):
         accept = torch.zeros_like(valid)
         accept[valid] = mine
         stats.payload["accept"] = accept
-        stats.metrics["actor/n_accept"] = float(n_accept)
+        stats.metrics["actor/n_accept"] = Stat.total(n_accept)
 
     def traj_accept(self, traj_log_ratio, seq_valid, batch_stats) -> torch.Tensor:
         start = batch_stats.cursor

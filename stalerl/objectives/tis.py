@@ -17,6 +17,7 @@ import torch
 
 from stalerl.objectives import core
 from stalerl.objectives.base import Objective
+from stalerl.objectives.core import Stat
 from stalerl.objectives.grpo import ClipConfig, clipped_surrogate
 
 
@@ -42,6 +43,6 @@ class TIS(Objective):
     def compute(self, log_prob, old_log_prob, advantages, mask, rollout_log_prob, batch_stats):
         loss, metrics, token_log_ratio = clipped_surrogate(self.config, log_prob, old_log_prob, advantages, mask)
         weight = torch.clamp(torch.exp(core.log_ratio(old_log_prob, rollout_log_prob)), max=self.config.tis_cap)
-        metrics["actor/tis_weight_mean"] = core.masked_mean(weight, mask)
-        metrics["actor/tis_truncated_frac"] = core.masked_mean((weight >= self.config.tis_cap).to(mask.dtype), mask)
+        metrics["actor/tis_weight_mean"] = Stat.mean(weight, mask)
+        metrics["actor/tis_truncated_frac"] = Stat.mean((weight >= self.config.tis_cap).to(mask.dtype), mask)
         return weight * loss, mask, metrics, {"traj_log_ratio": core.sequence_log_ratio(token_log_ratio, mask).detach()}

@@ -3,7 +3,8 @@
 Output directory (default ``studies/<study>``)::
 
     runs/<condition>-seed<k>/    one stalerl train run per condition and seed
-    verdicts.md, verdicts.json   each claim: the paper's numbers, the testbed's, reproduced or not
+    verdicts.md, verdicts.json   each claim: the paper's sentence, the statistic, the testbed's numbers with
+                                 95% bootstrap intervals, and reproduced / contradicted / inconclusive
     stats.json                   per-run statistics the verdicts are computed from
     report/                      the comparison report (stalerl report over all runs)
 
@@ -21,8 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from stalerl.studies.definitions import PAPER_OVERRIDES, QUICK_OVERRIDES, STUDIES, TESTBED_OVERRIDES, Study
+from stalerl.studies.definitions import (
+    EVAL_LAST_K,
+    PAPER_OVERRIDES,
+    QUICK_OVERRIDES,
+    STUDIES,
+    TESTBED_OVERRIDES,
+    Study,
+)
 from stalerl.training.logger import read_jsonl
+
+REWARD_SMOOTHING = 5
+"""Steps of the moving average the largest reward drop is measured on (one batch is noisy)."""
 
 
 def condition_overrides(study: Study, condition, *, scale: str, quick: bool, seed: int, run_dir: Path,
@@ -62,6 +73,10 @@ def run_stats(run_dir: Path) -> dict[str, Any]:
 
     evals = series("eval/accuracy")
     trained = [r["eval/accuracy"] for r in steps if r.get("step", 0) >= 1 and isinstance(r.get("eval/accuracy"), (int, float))]
+    eval_steps = [r["step"] for r in steps if isinstance(r.get("eval/accuracy"), (int, float))]
+    half = max(eval_steps or [0]) / 2
+    first_half = [a for st, a in zip(eval_steps, evals) if 0 < st <= half]
+    rewards = series("train/data_reward_mean")
     stats = {
         "eval_start": evals[0] if evals else None,
         "eval_final": evals[-1] if evals else None,
@@ -69,6 +84,13 @@ def run_stats(run_dir: Path) -> dict[str, Any]:
         # that only degrades would otherwise tie every other run at its start)
         "eval_best": agg(max, trained),
         "reward_best": agg(max, series("rollout/reward_mean")),
+        # noise-robust accuracy: the mean of the last evaluations (and of the first half, the
+        # "prosperity" phase of the M2PO paper's Fig. 1)
+        "eval_lastk": agg(np.mean, evals[-EVAL_LAST_K:]),
+        "eval_first_half": agg(np.mean, first_half),
+        # the trained-on batches' reward (the MinPRO paper's training-reward curves)
+        "reward_second_half": agg(np.mean, rewards[len(rewards) // 2:]),
+        "reward_largest_drop": largest_drop(rewards, REWARD_SMOOTHING),
         "clipfrac_mean": agg(np.mean, series("actor/pg_clipfrac")),
         "accept_mean": agg(np.mean, series("actor/traj_accept_rate")),
         "accepted_std_mean": agg(np.mean, series("actor/accepted_log_ratio_std")),
@@ -88,36 +110,69 @@ def run_stats(run_dir: Path) -> dict[str, Any]:
     stats["accept_m2_pearson"] = None
     if len(accept) > 2 and np.std(accept) > 0 and np.std(m2) > 0:
         stats["accept_m2_pearson"] = float(np.corrcoef(accept, m2)[0, 1])
+    stats.update(_problem_stats(run_dir, half))
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in stats.items()}
 
 
+def _problem_stats(run_dir: Path, half: float) -> dict[str, Any]:
+    """Per held-out problem accuracies (same problem order in every run): the mean of the last
+    ``EVAL_LAST_K`` evaluations, of the first half's, and the final evaluation's."""
+    records = [r for r in read_jsonl(run_dir / "eval_problems.jsonl") if isinstance(r.get("accuracy"), list)]
+    if not records:
+        return {}
+    last = np.array([r["accuracy"] for r in records[-EVAL_LAST_K:]], dtype=float)
+    early = np.array([r["accuracy"] for r in records if 0 < r["step"] <= half], dtype=float)
+    out = {"eval_problems_lastk": last.mean(0).tolist(), "eval_problems_final": records[-1]["accuracy"]}
+    if early.size:
+        out["eval_problems_first_half"] = early.mean(0).tolist()
+    return out
+
+
+def largest_drop(values: list[float], window: int) -> float | None:
+    """Largest fall of the ``window``-step moving average below its running maximum."""
+    if not values:
+        return None
+    w = max(1, min(window, len(values)))
+    smooth = np.convolve(np.asarray(values, dtype=float), np.ones(w) / w, mode="valid")
+    return float(np.max(np.maximum.accumulate(smooth) - smooth))
+
+
 def verdicts(study: Study, stats: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per claim: its text, the paper's sentence, the statistic, the testbed's numbers and
+    the verdict (``reproduced``/``contradicted``/``inconclusive``, None when numbers are missing)."""
     rows = []
     for claim in study.claims:
         clean = {c: [{k: (np.nan if v is None else v) for k, v in s.items()} for s in runs] for c, runs in stats.items()}
-        testbed, ok = claim.check(clean)
-        rows.append({"claim": claim.text, "paper": claim.paper, "testbed": testbed,
-                     "reproduced": None if ok is None else bool(ok)})
+        testbed, verdict = claim.check(clean)
+        rows.append({"claim": claim.text, "paper": claim.paper, "statistic": claim.statistic, "testbed": testbed,
+                     "verdict": verdict})
     return rows
 
 
 def write_verdicts(out: Path, study: Study, rows: list[dict[str, Any]], stats, seeds: int, quick: bool) -> None:
     (out / "verdicts.json").write_text(json.dumps(rows, indent=2))
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
-    mark = {True: "yes", False: "**no**", None: "n/a"}
     lines = [f"# {study.title}", "",
              f"Seed paper: `shared/seeds/{study.seed_file}`. {seeds} seed(s) per condition"
-             + (" — **quick mode: a smoke test, the verdicts mean nothing**." if quick else "."), "",
-             "| claim | paper | testbed | reproduced |", "|---|---|---|---|"]
-    lines += [f"| {r['claim']} | {r['paper']} | {r['testbed']} | {mark[r['reproduced']]} |" for r in rows]
-    lines += ["", "## Runs", "", "| condition | seed | best acc | final acc | peak reward | clip frac | accept | crashed at |",
-              "|---|---|---|---|---|---|---|---|"]
+             + (" — **quick mode: a smoke test, the verdicts mean nothing**." if quick else "."),
+             ("Intervals are 95% paired bootstrap intervals over seeds (and held-out problems where the claim "
+              "is about accuracy); verdicts: reproduced / contradicted / inconclusive."), "",
+             "| claim | paper | testbed | verdict |", "|---|---|---|---|"]
+    lines += [f"| {r['claim']} | {r['paper']} | {r['testbed']} | {verdict_mark(r['verdict'])} |" for r in rows]
+    lines += ["", "## Runs", "", ("| condition | seed | best acc | last-4 acc | final acc | reward 2nd half | "
+                                   "largest drop | clip frac | accept | crashed at |"), "|---|---|---|---|---|---|---|---|---|---|"]
     for cond, runs in stats.items():
         for i, s in enumerate(runs):
-            lines.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
-                cond, i, _pct(s["eval_best"]), _pct(s["eval_final"]), _num(s["reward_best"]),
-                _pct(s["clipfrac_mean"]), _pct(s["accept_mean"]), s["crashed_at"] or "-"))
+            lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+                cond, i, _pct(s.get("eval_best")), _pct(s.get("eval_lastk")), _pct(s.get("eval_final")),
+                _num(s.get("reward_second_half")), _num(s.get("reward_largest_drop")),
+                _pct(s.get("clipfrac_mean")), _pct(s.get("accept_mean")), s.get("crashed_at") or "-"))
     (out / "verdicts.md").write_text("\n".join(lines) + "\n")
+
+
+def verdict_mark(verdict: str | None) -> str:
+    return {"reproduced": "reproduced", "contradicted": "**contradicted**", "inconclusive": "inconclusive",
+            None: "n/a"}[verdict]
 
 
 def _pct(x) -> str:
@@ -196,7 +251,22 @@ def _report(out: Path, run_dirs: list[Path], title: str) -> None:
         print(f"stalerl reproduce: report failed ({err})")
 
 
+def verdicts_from_stats(study_name: str, stats_file: str | Path) -> list[dict[str, Any]]:
+    """The verdicts of a study recomputed from a saved ``stats.json`` (runs are not needed);
+    claims whose statistics the file lacks (older runs) get the verdict None."""
+    if study_name not in STUDIES:
+        raise ValueError(f"unknown study {study_name!r}; available: {', '.join(STUDIES)}")
+    return verdicts(STUDIES[study_name], json.loads(Path(stats_file).read_text()))
+
+
 def main(args) -> int:
     reproduce(args.study, out=args.out, quick=args.quick, scale=args.scale, seeds=args.seeds,
               overrides=args.overrides, dry_run=getattr(args, "dry_run", False))
     return 0
+
+
+if __name__ == "__main__":  # python -m stalerl.studies.reproduce STUDY STATS_JSON: verdicts of saved statistics
+    import sys
+
+    for row in verdicts_from_stats(sys.argv[1], sys.argv[2]):
+        print(f"- {row['claim']}: {verdict_mark(row['verdict'])}\n  {row['testbed']}")

@@ -213,6 +213,12 @@ class EvalConfig:
     """n samples per problem (avg@n)."""
     temperature: float = 1.0
     """Sampling temperature of the evaluation (the papers: 1.0)."""
+    top_p: float | None = None
+    """Nucleus sampling of the evaluation; ``None`` uses ``rollout.top_p`` (the MinPRO paper
+    evaluates with 0.7, the M2PO papers with 1.0)."""
+    problems_seed: int | None = 1
+    """Seed of the held-out testbed problems, the same for every run so that conditions and seeds
+    are compared on identical problems (paired statistics); ``None``: the run's ``seed + 1``."""
 
 
 @dataclass
@@ -392,6 +398,8 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"{key} must be > 0, got {value}")
     if not 0 < config.rollout.top_p <= 1:
         raise ConfigError(f"rollout.top_p must lie in (0, 1], got {config.rollout.top_p}")
+    if config.eval.top_p is not None and not 0 < config.eval.top_p <= 1:
+        raise ConfigError(f"eval.top_p must lie in (0, 1] (or null for rollout.top_p), got {config.eval.top_p}")
     if config.stale.staleness < 0 or config.stale.staleness % m:
         raise ConfigError(
             f"stale.staleness={config.stale.staleness} must be a non-negative multiple of optim.mini_batches={m}"

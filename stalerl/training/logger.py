@@ -1,6 +1,8 @@
 """Metrics output of a run: ``metrics.jsonl`` (one record per step), ``updates.jsonl`` (one
 record per optimizer update), ``diagnostics.jsonl`` (per-update trajectory/token samples for
-:mod:`stalerl.evaluation.diagnostics`) and TensorBoard events.
+:mod:`stalerl.evaluation.diagnostics`), ``eval_problems.jsonl`` (per evaluation, the accuracy of
+each held-out problem, in a fixed problem order: what paired statistics resample) and
+TensorBoard events.
 
 Metric namespaces are stable: ``rollout/`` (the batch generated this step by the current
 policy), ``train/`` (the consumed, possibly stale data and the updates on it), ``actor/`` (the
@@ -21,10 +23,14 @@ def _clean(value: Any) -> Any:
     return value
 
 
+EVAL_PROBLEMS_KEY = "eval/problem_accuracy"
+"""Key of a step record holding the per-problem accuracies; written to ``eval_problems.jsonl``."""
+
+
 class RunLogger:
     """Appends JSON lines and mirrors scalars to TensorBoard."""
 
-    FILES = ("metrics.jsonl", "updates.jsonl", "diagnostics.jsonl")
+    FILES = ("metrics.jsonl", "updates.jsonl", "diagnostics.jsonl", "eval_problems.jsonl")
 
     def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
         self.run_dir = run_dir
@@ -57,6 +63,10 @@ class RunLogger:
             path.write_text("".join(k + "\n" for k in kept))
 
     def log_step(self, step: int, metrics: dict[str, Any]) -> None:
+        metrics = dict(metrics)
+        problems = metrics.pop(EVAL_PROBLEMS_KEY, None)
+        if problems is not None:
+            self._write("eval_problems.jsonl", {"step": step, "accuracy": problems})
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
         self._write("metrics.jsonl", record)
         if self._tb is not None:

@@ -36,13 +36,14 @@ import yaml
 
 from stalerl import objectives
 from stalerl.data.prompts import PromptSampler, build_prompts
+from stalerl.objectives.core import Stat
 from stalerl.rollout.generation import behaviour_log_probs, generate
 from stalerl.staleness.buffer import RolloutBatch, StaleBuffer
 from stalerl.training import checkpoint as ckpt
 from stalerl.training import precision
 from stalerl.training.advantages import group_advantages
 from stalerl.training.config import TrainConfig, to_dict, validate
-from stalerl.training.logger import RunLogger, read_jsonl
+from stalerl.training.logger import EVAL_PROBLEMS_KEY, RunLogger, read_jsonl
 from stalerl.training.logprobs import completion_log_probs
 
 
@@ -264,14 +265,13 @@ def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch
     stats = objective.batch_stats(
         current, [m["old_log_prob"] for m in micros], [m["advantages"] for m in micros],
         [m["response_mask"] for m in micros], rollout_log_prob=rollout_lp,
+        horizon=config.rollout.max_new_tokens,  # verl's constant response length, whatever the split
     )
 
     optimizer.zero_grad(set_to_none=True)
-    totals: dict[str, float] = {}
-    tokens_total = 0.0
+    parts: list[dict[str, Stat]] = []  # per micro-batch metric statistics, pooled by reduce_metrics
     finite = True
     diag = {"traj_log_ratio": [], "traj_accepted": [], "entropy": [], "ratio": []}
-    entropy_sum = 0.0
     for micro in micros:
         log_prob, entropy = _current_log_prob(model, micro, config, with_grad=True)
         out = objective(
@@ -283,12 +283,7 @@ def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch
             finite = False
             break
         loss.backward()
-        mask = micro["response_mask"].float()
-        n_tok = mask.sum().item()
-        tokens_total += n_tok
-        for key, value in out.metrics.items():
-            totals[key] = totals.get(key, 0.0) + value * n_tok
-        entropy_sum += (entropy.detach().float() * mask).sum().item()
+        parts.append(_micro_metrics(out, entropy, micro["response_mask"]))
         _record_diagnostics(diag, out, log_prob, micro, entropy)
 
     grad_norm = float("nan")
@@ -304,13 +299,19 @@ def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch
         state.nonfinite_in_row += 1
     state.updates += 1
 
-    metrics = {k: v / max(tokens_total, 1.0) for k, v in totals.items()}
-    metrics.update({k: v for k, v in stats.metrics.items()})  # mini-batch statistics, not token-averaged
+    metrics = objectives.reduce_metrics(parts, batch=stats.metrics)  # one value per mini-batch
+    for key in ("train/tokens", "train/entropy"):  # a first micro-batch that was not finite
+        metrics.setdefault(key, 0.0)
     metrics["train/grad_norm"] = grad_norm
-    metrics["train/entropy"] = entropy_sum / max(tokens_total, 1.0)
     metrics["train/skipped"] = 0.0 if finite else 1.0
-    metrics["train/tokens"] = tokens_total
     return metrics, diag
+
+
+def _micro_metrics(out, entropy, response_mask) -> dict[str, Stat]:
+    """A micro-batch's metric statistics: the objective's, the token entropy and the token count."""
+    mask = response_mask.float()
+    entropy_sum, tokens = torch.stack([(entropy.detach().float() * mask).sum(), mask.sum()]).tolist()  # one transfer
+    return {**out.stats, "train/entropy": Stat.ratio(entropy_sum, tokens), "train/tokens": Stat.total(tokens)}
 
 
 def _record_diagnostics(diag, out, log_prob, micro, entropy, per_micro: int = 64) -> None:
@@ -345,7 +346,8 @@ def evaluate(config, model, tokenizer, prompts, reward_fn, step: int) -> dict[st
         sampling_model = precision.generation_model(model, config.model)
         gen = generate(
             sampling_model, tokenizer, [p.text for p in prompts], group_size=n, temperature=config.eval.temperature,
-            top_p=config.rollout.top_p, max_new_tokens=config.rollout.max_new_tokens, batch_size=config.rollout.batch_size,
+            top_p=config.rollout.top_p if config.eval.top_p is None else config.eval.top_p,
+            max_new_tokens=config.rollout.max_new_tokens, batch_size=config.rollout.batch_size,
             engine=config.rollout.engine, max_batch_tokens=config.rollout.max_batch_tokens,
         )
         del sampling_model
@@ -355,7 +357,13 @@ def evaluate(config, model, tokenizer, prompts, reward_fn, step: int) -> dict[st
     out = {f"eval/{k}": float(v) for k, v in summary.items() if isinstance(v, (int, float))}
     out["eval/accuracy"] = float(correct.mean())
     out["eval/response_length_mean"] = gen.response_mask.sum(-1).float().mean().item()
+    out[EVAL_PROBLEMS_KEY] = correct.mean(axis=1).tolist()  # per problem, for paired statistics
     return out
+
+
+def eval_problems_seed(config) -> int:
+    """Seed of the held-out testbed problems (``eval.problems_seed``; older runs: seed + 1)."""
+    return config.seed + 1 if config.eval.problems_seed is None else config.eval.problems_seed
 
 
 # ============================================================================ the loop
@@ -387,10 +395,10 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bo
     )
     eval_prompts, _ = build_prompts(
         config.data.eval, split=config.data.eval_split if config.data.eval != "testbed" else "test",
-        size=config.data.eval_size, tokenizer=tokenizer, data_config=config.data, seed=config.seed + 1,
+        size=config.data.eval_size, tokenizer=tokenizer, data_config=config.data, seed=eval_problems_seed(config),
     ) if config.data.eval_size > 0 else ([], 0)
     sampler = PromptSampler(train_prompts, seed=config.seed)
-    objective = objectives.build(config.objective.name, **config.objective.hparams)
+    objective = build_objective(config)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay,
     )
@@ -507,6 +515,20 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bo
 
 
 # ============================================================================ helpers
+
+def build_objective(config: TrainConfig):
+    """The run's objective; hyperparameters that follow from the run fill in unless given:
+    RandomTraj's generator ``seed`` is the run's seed (each study seed draws differently), and
+    AC-MIS-PO's ``updates_per_train_step`` is ``optim.mini_batches`` (its warm-up counts
+    training steps)."""
+    hparams = dict(config.objective.hparams)
+    fields = objectives.defaults(config.objective.name)
+    if "seed" in fields:
+        hparams.setdefault("seed", config.seed)
+    if "updates_per_train_step" in fields:
+        hparams.setdefault("updates_per_train_step", config.optim.mini_batches)
+    return objectives.build(config.objective.name, **hparams)
+
 
 def _make_reward(config):
     from stalerl.rewards.reward import MathReward, load_reward_fn
