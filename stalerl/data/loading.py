@@ -11,6 +11,8 @@ import json
 import os
 from typing import Any, Iterable, Iterator
 
+from stalerl.errors import UserError
+
 __all__ = ["DatasetError", "KNOWN_DATASETS", "load_prompts", "LOCAL_SUFFIXES"]
 
 #: Local file types :func:`load_prompts` reads.
@@ -28,7 +30,7 @@ KNOWN_DATASETS: dict[str, dict[str, str]] = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A data set could not be loaded or has malformed rows; the message says where."""
 
 
