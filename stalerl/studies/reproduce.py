@@ -7,7 +7,8 @@ Output directory (default ``studies/<study>``)::
     stats.json                   per-run statistics the verdicts are computed from
     report/                      the comparison report (stalerl report over all runs)
 
-A run whose ``summary.json`` exists is reused, so an interrupted study continues where it stopped.
+A run whose ``summary.json`` exists is reused, and a half-done run resumes from its newest checkpoint
+(or starts over if it had none), so an interrupted study continues where it stopped.
 All conditions share the cached warm-start of the testbed model.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from stalerl.studies.definitions import PAPER_OVERRIDES, QUICK_OVERRIDES, STUDIES, TESTBED_OVERRIDES, Study
+from stalerl.errors import UserError
 from stalerl.training.logger import read_jsonl
+from stalerl.training.rundir import is_run
 
 
 def condition_overrides(study: Study, condition, *, scale: str, quick: bool, seed: int, run_dir: Path,
@@ -140,6 +144,11 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
     study = STUDIES[study_name]
     out = Path(out) if out else Path("studies") / (study_name + ("-quick" if quick else ""))
     seeds = seeds if seeds is not None else (1 if quick else study.seeds)
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: a study needs at least one seed per condition (this one uses {study.seeds})")
+    if seeds < study.seeds and not quick:
+        warnings.warn(f"--seeds {seeds}: the {study_name} study's verdicts are meant for {study.seeds} seeds per "
+                      "condition; with fewer, a verdict may reflect one seed's noise", stacklevel=2)
     out.mkdir(parents=True, exist_ok=True)
     plan = []
     for condition in study.conditions:
@@ -171,7 +180,9 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
         if not (run_dir / "summary.json").exists():
             print(f"[{study_name}] {i}/{len(plan)}: {condition.name} seed {seed}")
             config = load_config(None, args + ([] if progress else ["progress=false"]))
-            train(config)
+            # a run an interrupted study left half done continues from its newest checkpoint (or
+            # starts over when it had none), so its logs stay one history
+            train(config, resume=run_dir if is_run(run_dir) else None)
         stats.setdefault(condition.name, []).append(run_stats(run_dir))
     rows = verdicts(study, stats)
     write_verdicts(out, study, rows, stats, seeds, quick)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from stalerl import objectives
-from stalerl.data.prompts import PromptSampler, build_prompts
+from stalerl.data.prompts import PromptSampler, build_prompts, prompt_limits
 from stalerl.rollout.generation import behaviour_log_probs, generate
 from stalerl.staleness.buffer import RolloutBatch, StaleBuffer
 from stalerl.training import checkpoint as ckpt
@@ -379,11 +379,12 @@ def _train(config: TrainConfig, run_dir: Path, resume_from: Path | None, progres
     train_prompts, skipped_train = build_prompts(
         config.data.train, split=config.data.train_split if config.data.train != "testbed" else "train",
         size=config.data.testbed_train_size if config.data.train == "testbed" else config.data.limit,
-        tokenizer=tokenizer, data_config=config.data, seed=config.seed,
+        tokenizer=tokenizer, data_config=config.data, seed=config.seed, **prompt_limits(model, config.rollout.max_new_tokens),
     )
     eval_prompts, _ = build_prompts(
         config.data.eval, split=config.data.eval_split if config.data.eval != "testbed" else "test",
         size=config.data.eval_size, tokenizer=tokenizer, data_config=config.data, seed=config.seed + 1,
+        **prompt_limits(model, config.rollout.max_new_tokens),
     ) if config.data.eval_size > 0 else ([], 0)
     sampler = PromptSampler(train_prompts, seed=config.seed)
     objective = objectives.build(config.objective.name, **config.objective.hparams)
@@ -419,6 +420,7 @@ def _train(config: TrainConfig, run_dir: Path, resume_from: Path | None, progres
         if state.step == 0 and resume_from is None:
             start = evaluate(config, model, tokenizer, eval_prompts, reward_fn, step=0)
             start["data/skipped_prompts"] = float(skipped_train)
+            start.update({f"data/skipped_prompts_{r}": float(n) for r, n in getattr(skipped_train, "reasons", {}).items()})
             logger.log_step(0, start)
             last.update(start)
 
