@@ -57,8 +57,9 @@ def save_checkpoint(ckpt_root: Path, step: int, model, tokenizer, state: dict[st
         pointer_tmp.write_text(name)
         os.replace(pointer_tmp, ckpt_root / "latest")
     except Exception as err:
-        # torch.save reports a full disk or a file-size limit as a bare RuntimeError
-        if not isinstance(err, OSError) and type(err) is not RuntimeError:
+        # torch.save reports a full disk or a file-size limit as a bare RuntimeError, safetensors
+        # as its own SafetensorError
+        if not isinstance(err, OSError) and type(err) is not RuntimeError and type(err).__name__ != "SafetensorError":
             raise
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(ckpt_root)

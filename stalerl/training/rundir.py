@@ -25,6 +25,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -61,6 +62,9 @@ def io_reason(err: BaseException) -> str:
     if isinstance(err, OSError) and err.errno is not None:
         return os.strerror(err.errno)
     text = " ".join(str(err).split())
+    found = re.search(r"os error (\d+)", text)  # safetensors' Rust I/O errors
+    if found:
+        return os.strerror(int(found.group(1)))
     if "unexpected pos" in text or "file write failed" in text:  # torch.save on a full disk / size limit
         return f"the write failed ({text[:120]}); is the disk full or a file-size limit reached?"
     return text[:200]
