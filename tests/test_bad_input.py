@@ -308,3 +308,19 @@ def test_skipped_prompts_are_logged_per_reason(tiny_overrides, tmp_path):
     first = read_jsonl(run / "metrics.jsonl")[0]
     assert first["data/skipped_prompts"] == 2.0
     assert first["data/skipped_prompts_empty_answer"] == 1.0 and first["data/skipped_prompts_too_long"] == 1.0
+
+
+# ============================================================================ work that can never be used
+
+
+def test_staleness_beyond_the_run_warns_and_generates_only_what_is_consumed(make_config):
+    from stalerl.training.loop import train
+
+    config = make_config("steps=2", "stale.staleness=40", "checkpoint_every=1")  # m=2: 20 batches deep
+    with pytest.warns(UserWarning, match=r"stale\.staleness=40 reaches beyond the run"):
+        result = train(config)
+    state = ckpt.load_state(ckpt.latest_checkpoint(result.run_dir / "checkpoints"))
+    assert state["loop"]["generated_batches"] == 2  # not 2 + 20
+    assert state["buffer"]["queue"] == []
+    updates = read_jsonl(result.run_dir / "updates.jsonl")
+    assert [u["train/staleness"] for u in updates] == [0.0, 1.0, 2.0, 3.0]  # all from the initial policy

@@ -336,4 +336,4 @@ def warn_unused_staleness(config) -> None:
         warnings.warn(
             f"stale.staleness={s} reaches beyond the run (steps={steps} x optim.mini_batches={m} updates): every "
             f"update trains on data of the initial policy; only the {steps} generation batch(es) the run consumes "
-            "are generated", stacklevel=3)
+            "are generated (a resume with more steps makes its later batches with a newer policy)", stacklevel=3)
