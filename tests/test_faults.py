@@ -294,3 +294,34 @@ def test_reward_that_raises_in_the_worker_is_one_line_as_in_sync(tiny_overrides,
     assert time.monotonic() - t0 < 120
     assert line.split(": error: ")[1] == sync.split(": error: ")[1]
     assert not multiprocessing.active_children()
+
+
+def test_rerun_of_an_interrupted_study_resumes_half_done_runs(tmp_path, monkeypatch, capsys):
+    """``stalerl reproduce`` again after an interrupt: finished runs are reused, the half-done one
+    is resumed (never started as a second history in the same directory), the others start new."""
+    import json
+
+    import stalerl.training.loop as loop_module
+    from stalerl.studies.reproduce import reproduce
+
+    out = tmp_path / "study"
+    calls = {}
+
+    def fake_train(config, *, resume=None, progress=None):
+        run = Path(config.run_dir)
+        calls[run.name] = resume
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval/accuracy": 0.5}) + "\n")
+        (run / "summary.json").write_text(json.dumps({"crashed_at": None, "steps_done": 3}))
+
+    runs = out / "runs"
+    (runs / "grpo-s0-seed0").mkdir(parents=True)  # finished before the interrupt
+    (runs / "grpo-s0-seed0" / "summary.json").write_text(json.dumps({"crashed_at": None, "steps_done": 3}))
+    (runs / "grpo-s0-seed0" / "metrics.jsonl").write_text(json.dumps({"step": 0, "eval/accuracy": 0.5}) + "\n")
+    (runs / "no_tr-seed0").mkdir()  # interrupted mid-way: logs, no summary
+    (runs / "no_tr-seed0" / "metrics.jsonl").write_text(json.dumps({"step": 0}) + "\n")
+    monkeypatch.setattr(loop_module, "train", fake_train)
+    reproduce("prosperity", out=out, quick=True, progress=False)
+    assert "grpo-s0-seed0" not in calls
+    assert calls["no_tr-seed0"] == runs / "no_tr-seed0"
+    assert all(resume is None for name, resume in calls.items() if name != "no_tr-seed0")
