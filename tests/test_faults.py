@@ -325,3 +325,30 @@ def test_rerun_of_an_interrupted_study_resumes_half_done_runs(tmp_path, monkeypa
     assert "grpo-s0-seed0" not in calls
     assert calls["no_tr-seed0"] == runs / "no_tr-seed0"
     assert all(resume is None for name, resume in calls.items() if name != "no_tr-seed0")
+
+
+def test_read_only_output_locations_are_refused_before_any_work(tiny_overrides, tiny_testbed, tmp_path,
+                                                                  monkeypatch, capsys):
+    """A directory where no file can be created (simulated: the tests run as root, for whom
+    permission bits do not apply) is refused before a model is loaded or a sample computed."""
+    import errno
+    import tempfile
+
+    import stalerl.evaluation.evaluate as ev
+
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    real = tempfile.mkstemp
+
+    def no_write(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == read_only:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(rundir.tempfile, "mkstemp", no_write)
+    monkeypatch.setattr(loop, "load_policy", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(ev, "evaluate_checkpoint", lambda *a, **k: pytest.fail("the evaluation ran"))
+    refused(["train", *tiny_overrides(run_dir=read_only / "run")], capsys, str(read_only), "Permission denied")
+    refused(["eval", str(tiny_testbed), "--out", str(read_only / "eval.json")], capsys, str(read_only),
+            "not writable")
+    assert list(read_only.iterdir()) == []
