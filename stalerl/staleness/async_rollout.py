@@ -79,6 +79,7 @@ import os
 import pickle
 import queue as queue_mod
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -94,6 +95,7 @@ __all__ = [
     "AsyncRollouts",
     "AsyncRolloutWorker",
     "AsyncWorkerError",
+    "AsyncWorkerUserError",
     "StalenessBoundError",
     "min_policy_version",
     "pack_state_dict",
@@ -108,6 +110,11 @@ log = logging.getLogger(__name__)
 
 class AsyncWorkerError(RuntimeError):
     """The rollout worker failed (its traceback is in the message) or died."""
+
+
+class AsyncWorkerUserError(AsyncWorkerError, ValueError):
+    """A user error raised in the worker (a reward function that raises...): its message is the
+    one sync mode gives, and the CLI reports it like any user error (one line, exit status 2)."""
 
 
 class StalenessBoundError(RuntimeError):
@@ -172,6 +179,26 @@ def _exit_reason(code: int | None) -> str:
         hint = " (the kernel's out-of-memory killer sends this)" if -code == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
     return f"exit code {code}"
+
+
+def _quiet_resource_sharer() -> None:
+    """Keep a worker's death to one line: multiprocessing's fd-sharing thread (which hands the
+    snapshot tensors to the worker) prints a traceback through ``sys.excepthook`` when the worker
+    dies in the middle of a handover. Those go to the debug log; every other exception is passed on
+    to the hook that was installed before. Installed once per process."""
+    hook = sys.excepthook
+    if getattr(hook, "_stalerl_quiet", False):
+        return
+
+    def quiet(exc_type, exc, tb):
+        frames = traceback.extract_tb(tb)
+        if frames and frames[0].filename.endswith(os.path.join("multiprocessing", "resource_sharer.py")):
+            log.debug("fd handover to the rollout worker failed (it died): %s: %s", exc_type.__name__, exc)
+            return
+        hook(exc_type, exc, tb)
+
+    quiet._stalerl_quiet = True
+    sys.excepthook = quiet
 
 
 def _parent_alive() -> bool:
@@ -305,6 +332,7 @@ class AsyncRolloutWorker:
         return self.process.pid
 
     def start(self) -> "AsyncRolloutWorker":
+        _quiet_resource_sharer()
         self.process.start()
         threading.Thread(target=self._pump, name="stalerl-rollout-reader", daemon=True).start()
         return self
@@ -320,7 +348,7 @@ class AsyncRolloutWorker:
             line, trace, exc = payload
             log.debug("the rollout worker failed:\n%s", trace)
             if isinstance(exc, ValueError):  # a user error (a reward that raises...): as in sync mode
-                raise exc
+                raise AsyncWorkerUserError(" ".join(str(exc).split()))
             raise AsyncWorkerError(f"the rollout worker failed: {line}")
         return k, RolloutBatch.from_state(payload), extra
 

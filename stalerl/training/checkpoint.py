@@ -70,13 +70,15 @@ def save_checkpoint(ckpt_root: Path, step: int, model, tokenizer, state: dict[st
 
 
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    """The newest complete and intact checkpoint, or None."""
+    """The newest complete checkpoint (one with ``state.pt``), or None. Resume uses
+    :func:`newest_intact`, which also checks the files are whole."""
     pointer = ckpt_root / "latest"
     if pointer.is_file():
         path = ckpt_root / pointer.read_text(errors="replace").strip()
-        if (path / "state.pt").is_file() and checkpoint_problem(path) is None:
+        if (path / "state.pt").is_file():
             return path
-    return newest_intact(ckpt_root)[0]
+    complete = sorted(p for p in ckpt_root.glob("step_*") if (p / "state.pt").is_file())
+    return complete[-1] if complete else None
 
 
 def newest_intact(ckpt_root: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
