@@ -135,7 +135,7 @@ def check_fields(config: Any, prefix: str = "") -> None:
         for check in f.metadata.get("checks", ()):
             why = check(value)
             if why is not None:
-                raise ConfigError(f"{key}={value!r} {why}" if not why.startswith("[") else f"{key}{why}")
+                raise ConfigError(f"{key} {why}, got {value!r}" if not why.startswith("[") else f"{key}{why}")
 
 
 @dataclass
