@@ -14,7 +14,8 @@ A run from Python (the same as ``stalerl train --config testbed steps=20``)::
     result = train(config)                 # a RunResult; a run that crashed is a result too
     print(result.run_dir, result.crashed_at, result.final_metrics["rollout/reward_mean"])
 
-``train``, ``RunResult``, ``TrainConfig``, ``load_config`` and ``ConfigError`` are imported on
+``train``, ``RunResult``, ``TrainConfig``, ``load_config``, ``ConfigError`` and ``UserError`` (the base
+of every error the CLI reports in one line) are imported on
 first use, so ``import stalerl`` does not load transformers or the training loop.
 """
 
@@ -28,6 +29,7 @@ from stalerl._lazy import lazy_exports
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from stalerl.errors import UserError
     from stalerl.training.config import ConfigError, TrainConfig, load_config
     from stalerl.training.loop import RunResult, train
 
@@ -37,6 +39,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "TrainConfig": "stalerl.training.config",
     "load_config": "stalerl.training.config",
     "ConfigError": "stalerl.training.config",
+    "UserError": "stalerl.errors",
 })
 
-__all__ = ["train", "RunResult", "TrainConfig", "load_config", "ConfigError", "objectives", "__version__"]
+__all__ = ["train", "RunResult", "TrainConfig", "load_config", "ConfigError", "UserError", "objectives", "__version__"]

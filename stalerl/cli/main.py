@@ -9,8 +9,10 @@
     stalerl reproduce STUDY                rerun a seed paper's study
     stalerl data prepare SOURCE --out F    verl-format Parquet with the M2PO prompt template
 
-Errors in what the user gave (a config key, a file, a dataset row) are printed as one line and
-exit with status 2; a training run that crashed on non-finite updates exits with status 3.
+Errors in what the user gave (a config key, a file, a dataset row, a run directory in use; every
+:class:`stalerl.errors.UserError`) are printed as one line and exit with status 2; a fault during
+the work (a dying rollout worker, an unanticipated I/O error) is one line and status 1; a training
+run that crashed on non-finite updates exits with status 3. ``docs/REFUSALS.md`` lists them.
 """
 
 from __future__ import annotations
@@ -51,13 +53,12 @@ def _cmd_train(args) -> int:
     from stalerl.training.config import load_config
     from stalerl.training.loop import train
 
-    config_path = args.config
-    if args.resume and config_path is None:
-        saved = Path(args.resume) / "config.yaml"
-        if not saved.is_file():
-            raise ValueError(f"--resume {args.resume!r}: no config.yaml in that directory (is it a run directory?)")
-        config_path = saved
-    config = load_config(config_path, args.overrides)
+    if args.resume and args.config is None:
+        from stalerl.training.rundir import load_run_config
+
+        config = load_run_config(Path(args.resume), args.overrides)  # refuses a damaged config.yaml
+    else:
+        config = load_config(args.config, args.overrides)
     result = train(config, resume=args.resume)
     _print_summary(result)
     if result.crashed_at is not None:
@@ -194,9 +195,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stalerl: interrupted; checkpoints written so far are intact", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as err:
-        print(f"stalerl {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as err:  # stalerl.errors.UserError and the older ValueErrors
+        print(f"stalerl {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:  # an I/O failure no check anticipated: still one line, naming the file
+        print(f"stalerl {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except RuntimeError as err:
+        from stalerl.staleness.async_rollout import AsyncWorkerError
+
+        if not isinstance(err, AsyncWorkerError):
+            raise
+        print(f"stalerl {args.command}: error: {_one_line(err)}; checkpoints written so far are intact",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

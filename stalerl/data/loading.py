@@ -11,6 +11,8 @@ import json
 import os
 from typing import Any, Iterable, Iterator
 
+from stalerl.errors import UserError
+
 __all__ = ["DatasetError", "KNOWN_DATASETS", "load_prompts", "LOCAL_SUFFIXES"]
 
 #: Local file types :func:`load_prompts` reads.
@@ -28,7 +30,7 @@ KNOWN_DATASETS: dict[str, dict[str, str]] = {
 }
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A data set could not be loaded or has malformed rows; the message says where."""
 
 
@@ -72,8 +74,13 @@ def _make_row(
 
 
 def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DatasetError(f"{path}, line {lineno}: not UTF-8 text (byte {exc.start}); "
+                                   "re-encode the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -82,17 +89,24 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
                 raise DatasetError(
                     f"{path}, line {lineno}: malformed JSON ({exc.msg} at column {exc.colno})"
                 ) from exc
+            except RecursionError:
+                raise DatasetError(f"{path}, line {lineno}: the JSON value is nested too deeply to be a row") from None
 
 
 def _json_records(path: str) -> tuple[str, Iterable[tuple[int, Any]]]:
     """Records of a ``.json`` file: a list of objects, an object holding one such list, or
     JSON lines (what ``datasets`` writes with ``to_json``). Returns (kind, (number, record))."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {exc.start}); re-encode the file as UTF-8") from None
     if not text.strip():
         raise DatasetError(f"{path}: the file is empty")
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise DatasetError(f"{path}: the JSON value is nested too deeply to hold rows") from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # several top-level values: JSON lines
             return "line", list(_iter_jsonl(path))

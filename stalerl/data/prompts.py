@@ -7,6 +7,9 @@ from typing import Any
 
 import torch
 
+from stalerl.data.loading import DatasetError
+from stalerl.errors import UserError
+
 
 @dataclass
 class Prompt:
@@ -17,10 +20,39 @@ class Prompt:
     source: str = ""
 
 
-def build_prompts(source: str, *, split: str, size: int | None, tokenizer, data_config, seed: int) -> tuple[list[Prompt], int]:
+class SkipCount(int):
+    """The number of skipped rows (an ``int``), with ``reasons``: rows per reason of
+    :data:`SKIP_REASONS`."""
+
+    reasons: dict[str, int]
+
+    def __new__(cls, reasons: dict[str, int]) -> "SkipCount":
+        out = super().__new__(cls, sum(reasons.values()))
+        out.reasons = dict(reasons)
+        return out
+
+
+#: Why a row is skipped (logged as ``data/skipped_prompts_<reason>``).
+SKIP_REASONS = {
+    "too_long": "longer than data.max_prompt_length tokens",
+    "beyond_context": "prompt + max_new_tokens exceed the model's max_position_embeddings",
+    "empty_answer": "the reference answer is empty",
+    "unknown_tokens": "the prompt encodes to the tokenizer's unknown token only",
+}
+
+#: A prompt longer than this many characters per allowed token is skipped as ``too_long``
+#: without tokenizing it (a 100k-character row would otherwise be encoded, then padded into an
+#: attention mask of that size).
+MAX_CHARS_PER_TOKEN = 32
+
+
+def build_prompts(source: str, *, split: str, size: int | None, tokenizer, data_config, seed: int,
+                  max_new_tokens: int | None = None, max_positions: int | None = None) -> tuple[list[Prompt], int]:
     """Prompts from ``testbed`` or a file / ``datasets`` name, formatted with the configured
-    template; returns ``(prompts, skipped)`` where prompts longer than ``max_prompt_length``
-    tokens are skipped and counted."""
+    template; returns ``(prompts, skipped)``. Rows the model cannot serve are skipped and counted
+    per reason (``skipped`` is a :class:`SkipCount`; see :data:`SKIP_REASONS`); when every row is
+    skipped it is a :class:`DatasetError`. ``max_positions`` (the model's
+    ``max_position_embeddings``) and ``max_new_tokens`` bound prompt + response."""
     if source == "testbed":
         from stalerl.testbed.task import generate_problems
 
@@ -52,13 +84,50 @@ def build_prompts(source: str, *, split: str, size: int | None, tokenizer, data_
 
         rows = [Prompt(format_prompt(_expression(p.text), data_config.template, tokenizer=tokenizer,
                                      chat=data_config.chat_template), p.answer, p.source) for p in rows]
-    lengths = [len(ids) for ids in tokenizer([p.text for p in rows], add_special_tokens=False)["input_ids"]] if rows else []
-    kept = [p for p, n in zip(rows, lengths) if n <= data_config.max_prompt_length]
+    kept, reasons = _servable(rows, tokenizer, data_config.max_prompt_length, max_new_tokens, max_positions)
     if rows and not kept:
-        raise ValueError(
-            f"every prompt of {source!r} is longer than data.max_prompt_length={data_config.max_prompt_length} tokens"
-        )
-    return kept, len(rows) - len(kept)
+        why = ", ".join(f"{n} {SKIP_REASONS[r]}" for r, n in reasons.items() if n)
+        raise DatasetError(f"every prompt of {source!r} was skipped ({why}); nothing is left to "
+                           "train or evaluate on")
+    return kept, SkipCount(reasons)
+
+
+def prompt_limits(model, max_new_tokens: int) -> dict[str, int | None]:
+    """The ``max_new_tokens`` / ``max_positions`` keywords of :func:`build_prompts` for ``model``."""
+    return {"max_new_tokens": max_new_tokens,
+            "max_positions": getattr(getattr(model, "config", None), "max_position_embeddings", None)}
+
+
+def _servable(rows: list[Prompt], tokenizer, max_prompt_length: int, max_new_tokens: int | None,
+              max_positions: int | None) -> tuple[list[Prompt], dict[str, int]]:
+    """The rows the model can serve, and how many were skipped per reason."""
+    reasons = {r: 0 for r in SKIP_REASONS}
+    limit = max_prompt_length
+    if max_positions and max_new_tokens:
+        if max_new_tokens >= max_positions:
+            raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt within the model's "
+                            f"max_position_embeddings={max_positions}; lower it")
+    candidates = []
+    for p in rows:
+        if not str(p.answer).strip():
+            reasons["empty_answer"] += 1
+        elif len(p.text) > MAX_CHARS_PER_TOKEN * limit:
+            reasons["too_long"] += 1
+        else:
+            candidates.append(p)
+    encoded = tokenizer([p.text for p in candidates], add_special_tokens=False)["input_ids"] if candidates else []
+    unk = getattr(tokenizer, "unk_token_id", None)
+    kept = []
+    for p, ids in zip(candidates, encoded):
+        if len(ids) > limit:
+            reasons["too_long"] += 1
+        elif max_positions and max_new_tokens and len(ids) + max_new_tokens > max_positions:
+            reasons["beyond_context"] += 1
+        elif unk is not None and ids and all(i == unk for i in ids):
+            reasons["unknown_tokens"] += 1
+        else:
+            kept.append(p)
+    return kept, reasons
 
 
 def _expression(prompt_text: str) -> str:

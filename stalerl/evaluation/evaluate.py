@@ -34,6 +34,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from stalerl.errors import UserError
+
 __all__ = [
     "PROTOCOLS",
     "ResolvedCheckpoint",
@@ -68,9 +70,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        return yaml.safe_load(path.read_text()) or {}
-    except Exception:
-        return {}
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UserError(f"{path} (the run's settings, used as eval defaults) cannot be read: "
+                        f"{' '.join(str(err).split())[:200]}; repair it or pass a checkpoints/step_* directory "
+                        "and the options explicitly") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} (the run's settings, used as eval defaults) is empty or not a mapping")
+    return data
 
 
 def resolve_checkpoint(checkpoint: str | Path) -> ResolvedCheckpoint:
@@ -182,19 +189,21 @@ def _benchmark_name(benchmark: str, taken: set[str]) -> str:
 
 def _load_model(model_path: str, device: str, dtype: str):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
+
+    from stalerl.training.checkpoint import load_model
 
     hf_logging.disable_progress_bar()
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
     except OSError as err:
         raise FileNotFoundError(
             f"checkpoint {model_path!r} could not be loaded as a causal LM "
             f"(not a model directory here, and not loadable as a Hub name): {str(err)[:300]}"
         ) from None
+    model = load_model(model_path, f"checkpoint {model_path!r}", dtype=torch_dtype)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if device == "auto":
@@ -245,7 +254,7 @@ def evaluate_checkpoint(
     """
     import torch
 
-    from stalerl.data.prompts import build_prompts
+    from stalerl.data.prompts import build_prompts, prompt_limits
     from stalerl.evaluation.metrics import default_ks, summarize
     from stalerl.rewards.reward import MathReward
     from stalerl.rollout.generation import generate
@@ -258,6 +267,14 @@ def evaluate_checkpoint(
         raise ValueError(f"--temperature must be > 0, got {temperature}")
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
+    for flag, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size),
+                        ("--max-prompt-length", max_prompt_length)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    if not 0 < top_p <= 1:
+        raise UserError(f"--top-p must lie in (0, 1], got {top_p}")
+    if not 0 <= seed < 2**32:
+        raise UserError(f"--seed must lie in [0, 2**32 - 1], got {seed}")
     benchmarks = list(benchmarks) or ["testbed"]
     ns = {b: benchmark_n(b, n, protocol) for b in benchmarks}
     _check_ks(ks, list(ns.values()))
@@ -272,6 +289,10 @@ def evaluate_checkpoint(
     data_config = _data_config(run_cfg, template, chat_template, question_field, answer_field, max_prompt_length)
     if max_new_tokens is None:
         max_new_tokens = int((run_cfg.get("rollout") or {}).get("max_new_tokens") or 0) or None
+    if device != "auto":
+        from stalerl.training.loop import resolve_device
+
+        device = str(resolve_device(device))
     model, tokenizer = _load_model(resolved.model_path, device, dtype)
     run_seed = int(run_cfg.get("seed", 0) or 0)
     testbed_size = limit or int((run_cfg.get("data") or {}).get("eval_size") or 0) or TESTBED_DEFAULT_SIZE
@@ -282,13 +303,14 @@ def evaluate_checkpoint(
         for b in benchmarks:
             t0 = time.perf_counter()
             if b == "testbed":
-                prompts, skipped = build_prompts("testbed", split="test", size=testbed_size, tokenizer=tokenizer,
-                                                 data_config=data_config, seed=run_seed + 1)
                 mnt = max_new_tokens or 64
+                prompts, skipped = build_prompts("testbed", split="test", size=testbed_size, tokenizer=tokenizer,
+                                                 data_config=data_config, seed=run_seed + 1, **prompt_limits(model, mnt))
             else:
+                positions = getattr(model.config, "max_position_embeddings", None) or 2048
+                mnt = max_new_tokens or min(1024, positions // 2)  # a default that leaves room for the prompt
                 prompts, skipped = build_prompts(b, split=split, size=limit, tokenizer=tokenizer,
-                                                 data_config=data_config, seed=seed)
-                mnt = max_new_tokens or 1024
+                                                 data_config=data_config, seed=seed, **prompt_limits(model, mnt))
             if not prompts:
                 raise ValueError(f"benchmark {b!r} has no problems")
             nb = ns[b]
@@ -406,7 +428,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """``stalerl eval`` entry point: print the table, write ``--out``."""
+    """``stalerl eval`` entry point: print the table, write ``--out`` (checked writable before any
+    sample is computed, and written atomically)."""
+    from stalerl.training.rundir import atomic_write_text, check_writable
+
+    if args.out:
+        if Path(args.out).is_dir():
+            raise UserError(f"--out {args.out} is a directory; pass a file name such as {Path(args.out) / 'eval.json'}")
+        check_writable(Path(args.out).parent, "--out directory")
     result = evaluate_checkpoint(
         args.checkpoint, args.benchmarks, n=args.n, ks=args.k, protocol=args.protocol, temperature=args.temperature,
         top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, template=args.template,
@@ -421,6 +450,7 @@ def main(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if out.parent and not out.parent.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+        atomic_write_text(out, json.dumps(result, indent=2, default=lambda v: v.item() if hasattr(v, "item") else str(v)),
+                          "the evaluation results")
         print(f"wrote {out}")
     return 0

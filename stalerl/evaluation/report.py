@@ -32,6 +32,7 @@ import numpy as np
 from stalerl.evaluation import diagnostics as diag
 from stalerl.evaluation import plots
 from stalerl.evaluation.plots import Group, RunData, group_runs, load_run
+from stalerl.training.rundir import check_writable
 
 __all__ = ["run_row", "build_report", "main"]
 
@@ -170,6 +171,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         raise ValueError("give at least one run directory")
     runs = [load_run(d) for d in run_dirs]
     out = Path(out_dir) if out_dir else runs[0].path / "report"
+    check_writable(out, "report directory")
     out.mkdir(parents=True, exist_ok=True)
     groups = group_runs(runs)
     color_of = {g.label: g.color for g in groups}

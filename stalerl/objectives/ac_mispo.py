@@ -122,5 +122,16 @@ class ACMISPO(MISPO):
         return {"step": self.step, "bound": self.bound}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        self.bound = float(state["bound"])
+        """Restore ``(step, bound)``; a state that is not a mapping with an integer ``step >= 0`` and
+        a finite ``bound`` is refused, naming what is wrong."""
+        if not isinstance(state, dict) or not {"step", "bound"} <= set(state):
+            raise ValueError(f"ac_mispo controller state must be a mapping with 'step' and 'bound', got {state!r:.80}")
+        try:
+            step, bound = int(state["step"]), float(state["bound"])
+        except (TypeError, ValueError):
+            raise ValueError(f"ac_mispo controller state: step={state['step']!r:.40} must be an integer and "
+                             f"bound={state['bound']!r:.40} a number") from None
+        if step < 0 or not math.isfinite(bound) or bound <= 0:
+            raise ValueError(f"ac_mispo controller state: step={step} must be >= 0 and bound={bound} finite and > 0")
+        self.step = step
+        self.bound = bound

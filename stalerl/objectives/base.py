@@ -175,7 +175,12 @@ class Objective:
             )
         try:
             self.config = self.config_class(**hparams)
-        except TypeError as err:  # pragma: no cover - dataclass arity errors
+        except TypeError as err:  # an ill-typed value met a range check in __post_init__: name it
+            unchecked = object.__new__(self.config_class)
+            for f in dataclasses.fields(self.config_class):
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                object.__setattr__(unchecked, f.name, hparams.get(f.name, default))
+            _check_hparam_types(unchecked, self.name)
             raise ValueError(f"{self.name}: {err}") from None
         _check_hparam_types(self.config, self.name)
 

@@ -63,17 +63,31 @@ Shutdown
 --------
 The worker exits when the trainer calls :meth:`AsyncRollouts.close` (normal end, crash or
 exception: the loop calls it in ``finally``), when its parent process dies, or after sending an
-error (its traceback is re-raised in the trainer as :class:`AsyncWorkerError`). ``close`` joins it
-and terminates/kills it if it does not exit in time, so no process is left behind.
+error. A user error in the worker (a reward function that raises) is re-raised in the trainer as
+itself, one line as in sync mode; any other failure becomes :class:`AsyncWorkerError` with its first
+line (the traceback is logged at debug level). The trainer never blocks on the worker: a reader
+thread moves its messages to an in-process queue, and the trainer polls that queue and the
+worker's liveness, so a worker killed by the kernel (even in the middle of a message) ends the run
+within about a second with its exit signal (``tests/test_faults.py``). Messages are pickled in the
+sending thread, so a failure to share tensors is an error there, not a lost message. The worker
+runs in its own process group; ``close`` joins it, terminates/kills it if it does not exit in time,
+and then kills the group (its verifier workers), so no process is left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
+import pickle
 import queue as queue_mod
+import signal
+import sys
+import threading
 import time
 import traceback
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import torch
@@ -86,6 +100,7 @@ __all__ = [
     "AsyncRollouts",
     "AsyncRolloutWorker",
     "AsyncWorkerError",
+    "AsyncWorkerUserError",
     "StalenessBoundError",
     "min_policy_version",
     "pack_state_dict",
@@ -95,9 +110,16 @@ __all__ = [
 
 _POLL_S = 0.1
 
+log = logging.getLogger(__name__)
+
 
 class AsyncWorkerError(RuntimeError):
     """The rollout worker failed (its traceback is in the message) or died."""
+
+
+class AsyncWorkerUserError(AsyncWorkerError, ValueError):
+    """A user error raised in the worker (a reward function that raises...): its message is the
+    one sync mode gives, and the CLI reports it like any user error (one line, exit status 2)."""
 
 
 class StalenessBoundError(RuntimeError):
@@ -153,6 +175,45 @@ def unpack_state_dict(packed: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 # ============================================================================ worker process
 
+def _error_message(exc: BaseException) -> tuple:
+    """The worker's error for the trainer: its one-line summary, the traceback (logged at debug
+    level there) and the exception itself when it can travel (so a user error stays one)."""
+    line = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    try:
+        pickle.dumps(exc)
+    except Exception:
+        exc = None
+    return ("error", -1, (line, traceback.format_exc(), exc), None)
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        hint = " (the kernel's out-of-memory killer sends this)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {code}"
+
+
+def _quiet_resource_sharer() -> None:
+    """Keep a worker's death to one line: multiprocessing's fd-sharing thread (which hands the
+    snapshot tensors to the worker) prints a traceback through ``sys.excepthook`` when the worker
+    dies in the middle of a handover. Those go to the debug log; every other exception is passed on
+    to the hook that was installed before. Installed once per process."""
+    hook = sys.excepthook
+    if getattr(hook, "_stalerl_quiet", False):
+        return
+
+    def quiet(exc_type, exc, tb):
+        frames = traceback.extract_tb(tb)
+        if frames and frames[0].filename.endswith(os.path.join("multiprocessing", "resource_sharer.py")):
+            log.debug("fd handover to the rollout worker failed (it died): %s: %s", exc_type.__name__, exc)
+            return
+        hook(exc_type, exc, tb)
+
+    quiet._stalerl_quiet = True
+    sys.excepthook = quiet
+
+
 def _parent_alive() -> bool:
     parent = tmp.parent_process()
     return parent is None or parent.is_alive()
@@ -163,11 +224,12 @@ def _worker_main(config, model_path: str, start_batch: int, end_batch: int, samp
     """Body of the rollout worker process (see the module docstring)."""
     reward_fn = None
     try:
+        os.setpgid(0, 0)  # its own process group: the trainer can stop it with its verifier workers
         torch.set_num_threads(max(1, threads))
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from stalerl.data.prompts import PromptSampler, build_prompts
+        from stalerl.data.prompts import PromptSampler, build_prompts, prompt_limits
         from stalerl.training.loop import _make_reward, make_rollout_batch, resolve_device
 
         hf_logging.disable_progress_bar()
@@ -186,6 +248,7 @@ def _worker_main(config, model_path: str, start_batch: int, end_batch: int, samp
             config.data.train, split=config.data.train_split if config.data.train != "testbed" else "train",
             size=config.data.testbed_train_size if config.data.train == "testbed" else config.data.limit,
             tokenizer=tokenizer, data_config=config.data, seed=config.seed,
+            **prompt_limits(model, config.rollout.max_new_tokens),  # the trainer's prompt list, exactly
         )
         sampler = PromptSampler(train_prompts, seed=config.seed)
         sampler.load_state_dict(sampler_state)
@@ -195,7 +258,7 @@ def _worker_main(config, model_path: str, start_batch: int, end_batch: int, samp
 
         def load(item) -> None:
             nonlocal version
-            v, packed = item
+            v, packed = pickle.loads(item)
             model.load_state_dict(unpack_state_dict(packed))
             version = v
 
@@ -224,7 +287,9 @@ def _worker_main(config, model_path: str, start_batch: int, end_batch: int, samp
                     load(item)
             batch = make_rollout_batch(config, model, tokenizer, sampler, reward_fn, version, record_rollout)
             batch.info["rollout/batch_index"] = float(k)
-            message = ("batch", k, batch.state_dict(), sampler.state_dict())
+            # pickled here, not in the queue's feeder thread, so that a failure (too few file
+            # descriptors to share the tensors, say) is this process's error, sent to the trainer
+            message = bytes(ForkingPickler.dumps(("batch", k, batch.state_dict(), sampler.state_dict())))
             while True:
                 try:
                     results.put(message, timeout=_POLL_S)
@@ -235,9 +300,9 @@ def _worker_main(config, model_path: str, start_batch: int, end_batch: int, samp
             k += 1
         while not stop.is_set() and _parent_alive():  # keep shared tensors alive until told to stop
             stop.wait(_POLL_S)
-    except BaseException:  # noqa: BLE001 - everything goes back to the trainer
+    except BaseException as exc:  # noqa: BLE001 - everything goes back to the trainer
         try:
-            results.put(("error", -1, traceback.format_exc(), None), timeout=5)
+            results.put(_error_message(exc), timeout=5)
         except Exception:
             pass
         stop.wait(10)  # let the trainer read the message before the queue goes away
@@ -274,48 +339,68 @@ class AsyncRolloutWorker:
         self._closed = False
         # the worker's copy computes in model.dtype: send that, not the float32 masters
         self._send_dtype = DTYPES[config.model.dtype] if config.model.dtype != "float32" else None
+        self._inbox: queue_mod.Queue = queue_mod.Queue()
 
     @property
     def pid(self) -> int | None:
         return self.process.pid
 
     def start(self) -> "AsyncRolloutWorker":
+        _quiet_resource_sharer()
         self.process.start()
+        threading.Thread(target=self._pump, name="stalerl-rollout-reader", daemon=True).start()
         return self
 
     def send_snapshot(self, model, version: int) -> None:
-        """Send the model's current weights as policy version ``version`` (non-blocking)."""
-        self._snapshots.put((int(version), pack_state_dict(model, self._send_dtype)))
+        """Send the model's current weights as policy version ``version`` (non-blocking; pickled
+        here so that a failure to share them is raised in the trainer, not lost in a feeder thread)."""
+        self._snapshots.put(bytes(ForkingPickler.dumps((int(version), pack_state_dict(model, self._send_dtype)))))
 
     def _check(self, item):
-        kind, k, payload, extra = item
+        kind, k, payload, extra = pickle.loads(item) if isinstance(item, bytes) else item
         if kind == "error":
-            raise AsyncWorkerError(f"the rollout worker failed:\n{payload}")
+            line, trace, exc = payload
+            log.debug("the rollout worker failed:\n%s", trace)
+            if isinstance(exc, ValueError):  # a user error (a reward that raises...): as in sync mode
+                raise AsyncWorkerUserError(" ".join(str(exc).split()))
+            raise AsyncWorkerError(f"the rollout worker failed: {line}")
         return k, RolloutBatch.from_state(payload), extra
+
+    def _pump(self) -> None:
+        """Reader thread: moves messages from the worker's queue to ``_inbox``. A worker killed in
+        the middle of a message leaves this thread blocked in the pipe, never the trainer."""
+        while not self._closed:
+            try:
+                item = self._results.get(timeout=_POLL_S)
+            except queue_mod.Empty:
+                continue
+            except (EOFError, OSError, ValueError):
+                return
+            self._inbox.put(item)
 
     def poll(self):
         """A finished batch ``(index, batch, sampler_state)`` if one is waiting, else None."""
         try:
-            item = self._results.get_nowait()
+            item = self._inbox.get_nowait()
         except queue_mod.Empty:
             return None
         return self._check(item)
 
     def get(self, timeout: float | None = None):
-        """The next finished batch ``(index, batch, sampler_state)``; blocks."""
+        """The next finished batch ``(index, batch, sampler_state)``; waits, but notices a dead
+        worker within a second (:class:`AsyncWorkerError` with its exit code)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                return self._check(self._results.get(timeout=_POLL_S))
+                return self._check(self._inbox.get(timeout=_POLL_S))
             except queue_mod.Empty:
                 pass
             if not self.process.is_alive():
                 try:  # a last message may have arrived just before it exited
-                    return self._check(self._results.get(timeout=1.0))
+                    return self._check(self._inbox.get(timeout=1.0))
                 except queue_mod.Empty:
-                    raise AsyncWorkerError(
-                        f"the rollout worker exited (exit code {self.process.exitcode}) without a batch"
-                    ) from None
+                    raise AsyncWorkerError(f"the rollout worker died ({_exit_reason(self.process.exitcode)}) "
+                                           "before sending its next batch") from None
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"no rollout batch within {timeout} s")
 
@@ -336,7 +421,8 @@ class AsyncRolloutWorker:
             if self.process.is_alive():
                 self.process.kill()
                 self.process.join(2.0)
-        self._drain()
+            with contextlib.suppress(OSError):  # its verifier workers, in its process group
+                os.killpg(self.process.pid, signal.SIGKILL)
         for q in (self._snapshots, self._results):
             q.cancel_join_thread()
             q.close()
@@ -344,8 +430,8 @@ class AsyncRolloutWorker:
     def _drain(self) -> None:
         try:
             while True:
-                self._results.get_nowait()
-        except (queue_mod.Empty, OSError, ValueError):
+                self._inbox.get_nowait()
+        except queue_mod.Empty:
             pass
 
     def __enter__(self) -> "AsyncRolloutWorker":

@@ -214,8 +214,10 @@ class StaleBuffer:
         """True when the queue is longer than ``s / m`` (the released code's rule)."""
         return len(self.queue) > self.depth
 
-    def pop(self) -> RolloutBatch:
-        if not self.ready():
+    def pop(self, drain: bool = False) -> RolloutBatch:
+        """The oldest batch; ``drain=True`` once no more batches will be generated (the run's last
+        steps when the staleness reaches beyond the run), so the queue need not be full."""
+        if not self.ready() and not (drain and self.queue):
             raise RuntimeError(f"stale buffer holds {len(self.queue)} batches; needs more than {self.depth}")
         return self.queue.popleft()
 

@@ -8,7 +8,8 @@ Output directory (default ``studies/<study>``)::
     stats.json                   per-run statistics the verdicts are computed from
     report/                      the comparison report (stalerl report over all runs)
 
-A run whose ``summary.json`` exists is reused, so an interrupted study continues where it stopped.
+A run whose ``summary.json`` exists is reused, and a half-done run resumes from its newest checkpoint
+(or starts over if it had none), so an interrupted study continues where it stopped.
 All conditions share the cached warm-start of the testbed model.
 """
 
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from stalerl.errors import UserError
 from stalerl.studies.definitions import (
     EVAL_LAST_K,
     PAPER_OVERRIDES,
@@ -31,6 +34,7 @@ from stalerl.studies.definitions import (
     Study,
 )
 from stalerl.training.logger import read_jsonl
+from stalerl.training.rundir import is_run
 
 REWARD_SMOOTHING = 5
 """Steps of the moving average the largest reward drop is measured on (one batch is noisy)."""
@@ -195,6 +199,11 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
     study = STUDIES[study_name]
     out = Path(out) if out else Path("studies") / (study_name + ("-quick" if quick else ""))
     seeds = seeds if seeds is not None else (1 if quick else study.seeds)
+    if seeds < 1:
+        raise UserError(f"--seeds {seeds}: a study needs at least one seed per condition (this one uses {study.seeds})")
+    if seeds < study.seeds and not quick:
+        warnings.warn(f"--seeds {seeds}: the {study_name} study's verdicts are meant for {study.seeds} seeds per "
+                      "condition; with fewer, a verdict may reflect one seed's noise", stacklevel=2)
     out.mkdir(parents=True, exist_ok=True)
     plan = []
     for condition in study.conditions:
@@ -226,7 +235,9 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
         if not (run_dir / "summary.json").exists():
             print(f"[{study_name}] {i}/{len(plan)}: {condition.name} seed {seed}")
             config = load_config(None, args + ([] if progress else ["progress=false"]))
-            train(config)
+            # a run an interrupted study left half done continues from its newest checkpoint (or
+            # starts over when it had none), so its logs stay one history
+            train(config, resume=run_dir if is_run(run_dir) else None)
         stats.setdefault(condition.name, []).append(run_stats(run_dir))
     rows = verdicts(study, stats)
     write_verdicts(out, study, rows, stats, seeds, quick)

@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from stalerl.errors import UserError
 from stalerl.testbed.model import MODEL_SIZES, testbed_model_config
 from stalerl.testbed.task import Problem, generate_problems
 from stalerl.testbed.tokenizer import build_char_tokenizer
@@ -83,6 +84,19 @@ def default_cache_dir() -> Path:
     """``$STALERL_CACHE`` if set, else ``~/.cache/stalerl``."""
     env = os.environ.get("STALERL_CACHE")
     return Path(env).expanduser() if env else Path("~/.cache/stalerl").expanduser()
+
+
+def _clean_dead_temporaries(parent: Path) -> None:
+    """Remove the temporary directories of warm starts whose process is gone (killed mid-way); a
+    live one (another process warming up the same cache) is left alone."""
+    for tmp in parent.glob(".tmp-testbed-*-pid*-*"):
+        try:
+            pid = int(tmp.name.split("-pid", 1)[1].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
 
 
 def _encode_batch(tokenizer, problems: list[Problem], max_len: int):
@@ -265,9 +279,19 @@ def warm_start(
     final = parent / f"testbed-{size}-{key}"
     if not force and (final / MARKER).is_file():
         return final
-    parent.mkdir(parents=True, exist_ok=True)
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-testbed-{size}-{key}-", dir=parent))
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"the testbed cache {parent} is a file; point STALERL_CACHE at a directory")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"the testbed cache {parent} cannot be created ({os.strerror(err.errno or 0)}); "
+                        "point STALERL_CACHE at a writable directory") from None
+    _clean_dead_temporaries(parent)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-testbed-{size}-{key}-pid{os.getpid()}-", dir=parent))
+    except OSError as err:
+        raise UserError(f"the testbed cache {parent} is not writable ({os.strerror(err.errno or 0)}); "
+                        "point STALERL_CACHE at a writable directory") from None
     try:
         info = _train_and_save(tokenizer, config, size, recipe, seed, steps, tmp, progress)
         info["cache_key"] = key

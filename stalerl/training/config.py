@@ -9,6 +9,7 @@ key (``optim.lr: expected a number, got 'fast'``).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -18,9 +19,11 @@ from typing import Any, Literal
 
 import yaml
 
+from stalerl.errors import UserError
 
-class ConfigError(ValueError):
-    """A configuration key is unknown or its value has the wrong type."""
+
+class ConfigError(UserError):
+    """A configuration key is unknown, or its value has the wrong type or lies outside its range."""
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -38,6 +41,101 @@ _YamlLoader.add_implicit_resolver(
 
 def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    """A YAML mapping; a key given twice is an error (PyYAML would silently keep the last one)."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"key {key!r} appears twice in the same mapping (lines {seen[key] + 1} and "
+                              f"{key_node.start_mark.line + 1}); keep one")
+        seen[key] = key_node.start_mark.line
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                            lambda loader, node: _mapping_without_duplicates(loader, node, deep=True))
+
+
+# ---------------------------------------------------------------------------- per-field checks
+# Each option declares its range next to its type: ``lr: float = checked(5e-5, greater(0))``. A
+# check returns what is wrong (``"must be > 0"``) or None. Besides the declared checks, every float
+# option must be finite and every integer option must fit in 64 bits (``check_fields``), so a field
+# declared the plain way (``x: float = 1.0``) is still checked for that.
+
+Check = typing.Callable[[Any], "str | None"]
+
+#: Smallest verifier memory limit (MiB) that leaves math-verify room to work (it holds ~62 MiB).
+MIN_VERIFIER_MEMORY_MB = 128
+
+
+def checked(default: Any = dataclasses.MISSING, *checks: Check, factory: Any = dataclasses.MISSING,
+            check: tuple[Check, ...] = ()) -> Any:
+    """A dataclass field with range checks: ``checked(1.0, greater(0))`` or
+    ``checked(factory=lambda: [...], check=(length(2),))``. ``None`` always passes the checks."""
+    return field(default=default, default_factory=factory, metadata={"checks": tuple(checks) + tuple(check)})
+
+
+def at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def greater(low: float) -> Check:
+    return lambda v: None if v > low else f"must be > {low}"
+
+
+def within(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Check:
+    def check(v):
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+        return None if ok else f"must lie in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    return check
+
+
+def one_of(*choices: Any) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(repr(c) for c in choices)}"
+
+
+def zero_or_at_least(low: float) -> Check:
+    return lambda v: None if v == 0 or v >= low else f"must be 0 (no limit) or >= {low}"
+
+
+def length(n: int) -> Check:
+    return lambda v: None if len(v) == n else f"must hold exactly {n} values, got {len(v)}"
+
+
+def non_empty(v: Any) -> str | None:
+    return None if len(v) else "must not be empty"
+
+
+def each(inner: Check) -> Check:
+    def check(values):
+        for i, v in enumerate(values):
+            if (why := inner(v)) is not None:
+                return f"[{i}]={v!r} {why}"
+        return None
+    return check
+
+
+def check_fields(config: Any, prefix: str = "") -> None:
+    """Run every field's declared checks (recursively), plus: floats finite, integers within 64 bits."""
+    for f in dataclasses.fields(config):
+        key, value = prefix + f.name, getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            check_fields(value, key + ".")
+            continue
+        if value is None:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{key}={value!r} must be finite")
+            if isinstance(item, int) and not isinstance(item, bool) and not -2**63 <= item < 2**63:
+                raise ConfigError(f"{key}={value!r} does not fit in 64 bits")
+        for check in f.metadata.get("checks", ()):
+            why = check(value)
+            if why is not None:
+                raise ConfigError(f"{key} {why}, got {value!r}" if not why.startswith("[") else f"{key}{why}")
 
 
 @dataclass
@@ -63,7 +161,7 @@ class ModelConfig:
     """transformers attention backend (``sdpa``, ``eager``, ``flash_attention_2``); None = default."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (saves memory on large models)."""
-    logprob_chunk_size: int = 1024
+    logprob_chunk_size: int = checked(1024, at_least(1))
     """Token positions per chunk when computing log-probs and entropy (memory-light path)."""
     master_weights: bool = True
     """With ``dtype`` bfloat16/float16: keep float32 master weights and AdamW states (true) or
@@ -93,15 +191,15 @@ class DataConfig:
     ``{question}``."""
     chat_template: bool = False
     """Wrap the prompt in the tokenizer's chat template (instruct models)."""
-    max_prompt_length: int = 512
+    max_prompt_length: int = checked(512, at_least(1))
     """Prompts longer than this many tokens are skipped and counted (``data/skipped_prompts``)."""
-    testbed_levels: list[int] = field(default_factory=lambda: [1, 2, 3])
+    testbed_levels: list[int] = checked(factory=lambda: [1, 2, 3], check=(non_empty, each(one_of(1, 2, 3))))
     """Difficulty levels of testbed problems."""
-    testbed_train_size: int = 20000
+    testbed_train_size: int = checked(20000, at_least(1))
     """Number of testbed training problems (cycled through in a seeded order)."""
-    eval_size: int = 128
+    eval_size: int = checked(128, at_least(0))
     """Number of held-out problems used by the periodic evaluation (0 = no evaluation)."""
-    limit: int | None = None
+    limit: int | None = checked(None, at_least(1))
     """Use only the first N training rows of a file/hub dataset."""
 
 
@@ -109,24 +207,24 @@ class DataConfig:
 class RolloutConfig:
     """Generation of the rollouts (transformers ``generate`` with a KV cache)."""
 
-    prompts_per_step: int = 16
+    prompts_per_step: int = checked(16, at_least(1))
     """P: prompts per generation batch (the M2PO paper: 256)."""
-    group_size: int = 8
+    group_size: int = checked(8, at_least(1))
     """G: responses per prompt (the M2PO paper: 8)."""
-    temperature: float = 1.0
+    temperature: float = checked(1.0, greater(0))
     """Sampling temperature (the papers: 1.0). Log-probs are computed at this temperature."""
-    top_p: float = 1.0
+    top_p: float = checked(1.0, within(0, 1, low_open=True))
     """Nucleus sampling threshold."""
-    max_new_tokens: int = 64
+    max_new_tokens: int = checked(64, at_least(1))
     """Maximum response length in tokens."""
-    batch_size: int = 128
+    batch_size: int = checked(128, at_least(1))
     """Most sequences (rows) generated at once; ``max_batch_tokens`` may allow fewer."""
     engine: Literal["continuous", "static"] = "continuous"
     """``continuous``: continuous batching, only live rows decode and a row that ends is replaced by
     a waiting prompt (:mod:`stalerl.rollout.engine`); ``static``: one ``model.generate`` per chunk
     of rows, each decoding until its longest row ends (the same samples per seed as before the
     continuous engine existed). Same distribution, different samples for one seed."""
-    max_batch_tokens: int | None = 262144
+    max_batch_tokens: int | None = checked(262144, at_least(1))
     """Token budget of a generation batch: rows x (longest prompt + ``max_new_tokens``), the KV-cache
     positions it can need, at most this (one row always runs); None = rows only. The KV cache costs
     ``2 x layers x kv_heads x head_dim x bytes`` per position: Qwen3-1.7B in bf16 112 KiB, so 28 GiB
@@ -137,14 +235,16 @@ class RolloutConfig:
 class RewardConfig:
     """Verifiable reward (math-verify on the last ``\\boxed{}``, in worker processes)."""
 
-    format_score: float = 0.1
+    format_score: float = checked(0.1, within(0, 1))
     """Reward of an extracted but wrong answer (M2PO paper 0.1; released code 0.0)."""
-    timeout_s: float = 5.0
+    timeout_s: float = checked(5.0, greater(0))
     """Seconds per check before the worker is killed; the answer then counts as extracted but wrong
     (``format_score``) and is counted under ``rollout/count_timeout``."""
-    memory_limit_mb: int = 1024
-    """Address-space limit of each verifier worker."""
-    num_workers: int = 2
+    memory_limit_mb: int = checked(1024, zero_or_at_least(MIN_VERIFIER_MEMORY_MB))
+    """Address-space limit of each verifier worker in MiB; 0 = no limit. A worker holds about 62 MiB
+    once math-verify is imported, so a limit below ``MIN_VERIFIER_MEMORY_MB`` (128) is refused: every
+    check would fail and score 0."""
+    num_workers: int = checked(2, at_least(1))
     """Verifier worker processes."""
     function: str | None = None
     """A user reward ``module:function`` or ``path.py:function`` taking
@@ -165,23 +265,23 @@ class ObjectiveSection:
 class OptimConfig:
     """Optimizer and update schedule."""
 
-    lr: float = 5e-5
+    lr: float = checked(5e-5, greater(0))
     """Constant AdamW learning rate. The default suits the embedded testbed model (0.8M
     parameters; on-policy GRPO at 2e-5..1e-4 raises its held-out accuracy, 3e-4 and above make it
     fall); the M2PO paper uses 1e-6 for 1.7B-32B models."""
-    weight_decay: float = 0.01
+    weight_decay: float = checked(0.01, at_least(0))
     """AdamW weight decay (the M2PO paper: 0.01)."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    """AdamW betas."""
-    grad_clip: float = 1.0
-    """Gradient-norm clipping threshold."""
-    mini_batches: int = 4
+    betas: list[float] = checked(factory=lambda: [0.9, 0.999], check=(length(2), each(within(0, 1, high_open=True))))
+    """AdamW betas ``[beta1, beta2]``, each in [0, 1)."""
+    grad_clip: float = checked(1.0, greater(0))
+    """Gradient-norm clipping threshold (> 0; a huge value disables clipping)."""
+    mini_batches: int = checked(4, at_least(1))
     """m: optimizer mini-batches per generation batch, each trajectory used once (paper: 256/64 = 4)."""
-    micro_batch_size: int = 32
+    micro_batch_size: int = checked(32, at_least(1))
     """Sequences per forward/backward pass (gradient accumulation inside a mini-batch)."""
-    max_nonfinite_in_row: int = 5
+    max_nonfinite_in_row: int = checked(5, at_least(1))
     """Stop the run after this many consecutive skipped (non-finite) updates."""
-    max_tokens_per_micro_batch: int | None = None
+    max_tokens_per_micro_batch: int | None = checked(None, at_least(1))
     """Token budget of a training micro-batch (rows x (longest prompt + longest response) after
     trimming); rows are sorted by length and packed up to it, so long responses do not run out of
     memory and short ones are not processed a few at a time. None: ``micro_batch_size`` rows per
@@ -192,7 +292,7 @@ class OptimConfig:
 class StalenessConfig:
     """Stale-k rollouts (SPEC §3)."""
 
-    staleness: int = 8
+    staleness: int = checked(8, at_least(0))
     """s: the data of update u was generated by the policy of update ``u - s`` (rounded down to
     its generation batch), a multiple of ``optim.mini_batches``; 0 is on-policy."""
     mode: Literal["sync", "async"] = "sync"
@@ -207,13 +307,13 @@ class StalenessConfig:
 class EvalConfig:
     """Periodic held-out evaluation."""
 
-    every: int = 10
+    every: int = checked(10, at_least(0))
     """Evaluate every N training steps (and at the start and the end); 0 = only start and end."""
-    samples: int = 4
+    samples: int = checked(4, at_least(1))
     """n samples per problem (avg@n)."""
-    temperature: float = 1.0
+    temperature: float = checked(1.0, greater(0))
     """Sampling temperature of the evaluation (the papers: 1.0)."""
-    top_p: float | None = None
+    top_p: float | None = checked(None, within(0, 1, low_open=True))
     """Nucleus sampling of the evaluation; ``None`` uses ``rollout.top_p`` (the MinPRO paper
     evaluates with 0.7, the M2PO papers with 1.0)."""
     problems_seed: int | None = 1
@@ -233,15 +333,16 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     stale: StalenessConfig = field(default_factory=StalenessConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    steps: int = 40
+    steps: int = checked(40, at_least(1))
     """Training steps; a step consumes one generation batch, i.e. ``optim.mini_batches`` updates."""
-    seed: int = 0
-    """Seed of data order, sampling and initialisation."""
+    seed: int = checked(0, within(0, 2**32 - 1))
+    """Seed of data order, sampling and initialisation, in [0, 2**32 - 1] (numpy's range; the
+    loop derives further seeds from it by multiplication, which must stay within 64 bits)."""
     run_dir: str | None = None
     """Output directory; default ``runs/<objective>-s<staleness>-<timestamp>``."""
-    checkpoint_every: int = 10
+    checkpoint_every: int = checked(10, at_least(0))
     """Write a checkpoint every N steps (and at the end); 0 = only at the end."""
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = checked(2, at_least(1))
     """Checkpoints kept on disk (oldest removed first)."""
     tensorboard: bool = True
     """Also write TensorBoard event files."""
@@ -361,7 +462,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             loaded = _yaml_load(path.read_text())
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(err).split())}") from None
+        except ConfigError as err:
+            raise ConfigError(f"config file {str(path)!r}: {err}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {str(path)!r} cannot be read: {err}") from None
         data = loaded or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
@@ -372,34 +477,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def validate(config: TrainConfig) -> None:
-    """Cross-field checks, each naming the keys involved."""
+    """Every field's declared checks (``Literal`` choices, :func:`check_fields`), then cross-field
+    checks, each naming the keys involved."""
     _check_choices(config)
+    check_fields(config)
     m = config.optim.mini_batches
-    positive = {
-        "rollout.prompts_per_step": config.rollout.prompts_per_step,
-        "rollout.group_size": config.rollout.group_size,
-        "rollout.max_new_tokens": config.rollout.max_new_tokens,
-        "rollout.batch_size": config.rollout.batch_size,
-        "rollout.max_batch_tokens": 1 if config.rollout.max_batch_tokens is None else config.rollout.max_batch_tokens,
-        "optim.mini_batches": m,
-        "optim.micro_batch_size": config.optim.micro_batch_size,
-        "optim.max_nonfinite_in_row": config.optim.max_nonfinite_in_row,
-        "eval.samples": config.eval.samples,
-        "steps": config.steps,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key} must be >= 1, got {value}")
-    budget = config.optim.max_tokens_per_micro_batch
-    if budget is not None and budget < 1:
-        raise ConfigError(f"optim.max_tokens_per_micro_batch must be >= 1 or null, got {budget}")
-    for key, value in {"optim.lr": config.optim.lr, "rollout.temperature": config.rollout.temperature}.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be > 0, got {value}")
-    if not 0 < config.rollout.top_p <= 1:
-        raise ConfigError(f"rollout.top_p must lie in (0, 1], got {config.rollout.top_p}")
-    if config.eval.top_p is not None and not 0 < config.eval.top_p <= 1:
-        raise ConfigError(f"eval.top_p must lie in (0, 1] (or null for rollout.top_p), got {config.eval.top_p}")
     if config.stale.staleness < 0 or config.stale.staleness % m:
         raise ConfigError(
             f"stale.staleness={config.stale.staleness} must be a non-negative multiple of optim.mini_batches={m}"

@@ -16,6 +16,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from stalerl.errors import OutputError, UserError
+from stalerl.training.rundir import atomic_write_text, io_reason
+
 
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -36,7 +39,10 @@ class RunLogger:
         self.run_dir = run_dir
         if resume_step is not None:
             self._truncate(resume_step)
-        self._files = {name: open(run_dir / name, "a") for name in self.FILES}
+        try:
+            self._files = {name: open(run_dir / name, "a") for name in self.FILES}
+        except OSError as err:
+            raise OutputError(f"could not open the run's logs in {run_dir}: {io_reason(err)}") from None
         self._tb = None
         if tensorboard:
             try:
@@ -47,20 +53,21 @@ class RunLogger:
                 print(f"stalerl: TensorBoard disabled ({err})")
 
     def _truncate(self, step: int) -> None:
-        """Drop records written after the checkpoint we resume from (they will be redone)."""
+        """Drop records written after the checkpoint we resume from (they will be redone). Each file
+        is rewritten through a new file and a rename, so a kill meanwhile keeps the whole history."""
         for name in self.FILES:
             path = self.run_dir / name
             if not path.exists():
                 continue
             kept = []
-            for line in path.read_text().splitlines():
+            for line in path.read_text(errors="replace").splitlines():
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue
                 if record.get("step", 0) <= step and record.get("event") != "crash":
                     kept.append(line)
-            path.write_text("".join(k + "\n" for k in kept))
+            atomic_write_text(path, "".join(k + "\n" for k in kept), f"the {name} history up to step {step}")
 
     def log_step(self, step: int, metrics: dict[str, Any]) -> None:
         metrics = dict(metrics)
@@ -85,18 +92,39 @@ class RunLogger:
 
     def _write(self, name: str, record: dict[str, Any]) -> None:
         handle = self._files[name]
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
+        try:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+        except OSError as err:  # a full disk, a file-size limit: one line naming the file
+            what = f"step {record['step']}" if "step" in record else "a record"
+            raise OutputError(f"could not append {what} to {self.run_dir / name}: {io_reason(err)}") from None
 
     def close(self) -> None:
         for handle in self._files.values():
-            handle.close()
+            try:
+                handle.close()
+            except OSError:  # the buffered tail could not be written: already reported by _write
+                pass
         if self._tb is not None:
             self._tb.close()
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file (missing file -> empty list)."""
-    if not Path(path).exists():
+    """Records of a JSON-lines file (missing file -> empty list). A last line cut short by a kill or
+    a full disk is ignored; a damaged line before it is a :class:`UserError` naming the file and line."""
+    path = Path(path)
+    if not path.exists():
         return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    text = path.read_text(errors="replace")
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # a torn last record
+            raise UserError(f"{path}, line {number}: malformed JSON ({err.msg} at column {err.colno})") from None
+    return records

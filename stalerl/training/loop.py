@@ -32,17 +32,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from stalerl import objectives
-from stalerl.data.prompts import PromptSampler, build_prompts
+from stalerl.data.prompts import PromptSampler, build_prompts, prompt_limits
 from stalerl.objectives.core import Stat
 from stalerl.rollout.generation import behaviour_log_probs, generate
 from stalerl.staleness.buffer import RolloutBatch, StaleBuffer
 from stalerl.training import checkpoint as ckpt
-from stalerl.training import precision
+from stalerl.training import precision, rundir
 from stalerl.training.advantages import group_advantages
-from stalerl.training.config import TrainConfig, to_dict, validate
+from stalerl.training.config import ConfigError, TrainConfig, to_dict, validate
 from stalerl.training.logger import EVAL_PROBLEMS_KEY, RunLogger, read_jsonl
 from stalerl.training.logprobs import completion_log_probs
 
@@ -76,14 +75,29 @@ class LoopState:
 # ============================================================================ setup
 
 def resolve_device(name: str) -> torch.device:
+    """``model.device`` as a torch device that exists on this machine (else a :class:`ConfigError`)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"model.device={name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ConfigError(f"model.device={name!r} does not exist here: this machine has {count} CUDA device(s); "
+                              "use auto or cpu")
+    elif device.type != "cpu":
+        try:
+            torch.empty(0, device=device)
+        except (RuntimeError, AssertionError) as err:
+            raise ConfigError(f"model.device={name!r} is not usable here ({' '.join(str(err).split())[:120]})") from None
+    return device
 
 
 def load_policy(config: TrainConfig, progress: bool = True):
     """The policy model and tokenizer: the warm-started testbed or any HF causal LM directory/name."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -107,10 +121,10 @@ def load_policy(config: TrainConfig, progress: bool = True):
                              "(a checkpoint saved with save_pretrained is expected)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         reason = " ".join(str(err).split())  # one line
         raise ValueError(f"model.path={mc.path!r} could not be loaded: {reason}") from None
+    model = ckpt.load_model(path, f"model.path={mc.path!r}", **kwargs)
     if not tokenizer("What is 1+1?", add_special_tokens=False)["input_ids"]:
         # transformers builds an empty tokenizer for a directory without tokenizer files
         raise ValueError(f"model.path={mc.path!r}: its tokenizer encodes text to nothing (are the tokenizer "
@@ -369,33 +383,38 @@ def eval_problems_seed(config) -> int:
 # ============================================================================ the loop
 
 def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bool | None = None) -> RunResult:
-    """Run ``stalerl train``; returns a :class:`RunResult` (a crash is a result, not an exception)."""
-    validate(config)
-    progress = config.progress if progress is None else progress
-    run_dir = Path(resume) if resume else Path(config.run_dir) if config.run_dir else default_run_dir(config)
-    checkpoint_root = run_dir / "checkpoints"
-    resume_from = ckpt.latest_checkpoint(checkpoint_root) if resume else None
-    if resume and resume_from is None:
-        raise ValueError(f"--resume {str(run_dir)!r}: no complete checkpoint under {checkpoint_root}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    """Run ``stalerl train``; returns a :class:`RunResult` (a crash is a result, not an exception).
 
+    Nothing is written before the command is known valid (:func:`stalerl.training.rundir.prepare`),
+    and the run directory has one writer at a time (:class:`~stalerl.training.rundir.RunLock`)."""
+    validate(config)
+    resolve_device(config.model.device)
+    run_dir, resume_from, restart = rundir.prepare(config, resume, default_run_dir(config))
+    rundir.warn_unused_staleness(config)
+    rundir.make_dir(run_dir)
+    with rundir.RunLock(run_dir):
+        rundir.start(run_dir, config, new=not resume, restart=restart)
+        return _train(config, run_dir, resume_from, config.progress if progress is None else progress)
+
+
+def _train(config: TrainConfig, run_dir: Path, resume_from: Path | None, progress: bool) -> RunResult:
+    """The loop itself, under the run directory's lock (see :func:`train`)."""
+    checkpoint_root = run_dir / "checkpoints"
     seed_everything(config.seed)
     model, tokenizer, model_path = load_policy(config, progress=progress)
     if resume_from is not None:
-        from transformers import AutoModelForCausalLM
-
-        loaded = AutoModelForCausalLM.from_pretrained(resume_from, dtype=next(model.parameters()).dtype)
+        loaded = ckpt.load_model(resume_from, f"checkpoint {resume_from}", dtype=next(model.parameters()).dtype)
         model.load_state_dict(loaded.state_dict())
         del loaded
     train_prompts, skipped_train = build_prompts(
         config.data.train, split=config.data.train_split if config.data.train != "testbed" else "train",
         size=config.data.testbed_train_size if config.data.train == "testbed" else config.data.limit,
-        tokenizer=tokenizer, data_config=config.data, seed=config.seed,
+        tokenizer=tokenizer, data_config=config.data, seed=config.seed, **prompt_limits(model, config.rollout.max_new_tokens),
     )
     eval_prompts, _ = build_prompts(
         config.data.eval, split=config.data.eval_split if config.data.eval != "testbed" else "test",
         size=config.data.eval_size, tokenizer=tokenizer, data_config=config.data, seed=eval_problems_seed(config),
+        **prompt_limits(model, config.rollout.max_new_tokens),
     ) if config.data.eval_size > 0 else ([], 0)
     sampler = PromptSampler(train_prompts, seed=config.seed)
     objective = build_objective(config)
@@ -420,6 +439,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bo
     crashed_at, crash_reason = None, None
     last: dict[str, Any] = {}
     m = config.optim.mini_batches
+    generation_limit = _generation_limit(config)
     rollouts = None  # async mode: the rollout worker process (stalerl.staleness.async_rollout)
     try:
         if config.stale.mode == "async":
@@ -430,6 +450,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bo
         if state.step == 0 and resume_from is None:
             start = evaluate(config, model, tokenizer, eval_prompts, reward_fn, step=0)
             start["data/skipped_prompts"] = float(skipped_train)
+            start.update({f"data/skipped_prompts_{r}": float(n) for r, n in getattr(skipped_train, "reasons", {}).items()})
             logger.log_step(0, start)
             last.update(start)
 
@@ -443,12 +464,12 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bo
                     fresh = _merge_fresh(fresh, info)
                 fresh["time/wait_rollout"] = waited
             else:
-                while not buffer.ready():
+                while not buffer.ready() and state.generated_batches < generation_limit:
                     generated = make_rollout_batch(config, model, tokenizer, sampler, reward_fn, state.updates, record_rollout)
                     buffer.push(generated)
                     state.generated_batches += 1
                     fresh = _merge_fresh(fresh, generated.info)
-                batch = buffer.pop()
+                batch = buffer.pop(drain=state.generated_batches >= generation_limit)
 
             # 2. m optimizer updates on the oldest batch, each trajectory used once.
             t_train = time.perf_counter()
@@ -552,6 +573,15 @@ def _save(root, state, model, tokenizer, optimizer, buffer, objective, sampler, 
     ckpt.save_checkpoint(root, state.step, model, tokenizer, payload, keep=config.keep_checkpoints, buffer=buffer)
 
 
+def _generation_limit(config) -> float:
+    """Generation batches worth making in sync mode: unbounded (the last ``s/m`` batches wait in the
+    final checkpoint, so a resume with more steps continues exactly), except when the staleness
+    reaches beyond the run: then only the ``steps`` batches the run consumes
+    (:func:`stalerl.training.rundir.warn_unused_staleness` says so)."""
+    s, m = config.stale.staleness, config.optim.mini_batches
+    return config.steps if s > (config.steps - 1) * m else math.inf
+
+
 def _merge_fresh(previous: dict[str, float], info: dict[str, float]) -> dict[str, float]:
     """The newest batch's rollout metrics; times and token counts add up over the step's batches."""
     merged = dict(info)
@@ -614,7 +644,7 @@ def _write_summary(run_dir: Path, config: TrainConfig, result: RunResult, model_
         "best_step": best[0],
         "skipped_updates": result.final_metrics.get("train/skipped_updates_total"),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    rundir.atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2), "the run summary")
 
 
 def _plots(run_dir: Path) -> None:

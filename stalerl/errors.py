@@ -1,0 +1,34 @@
+"""The errors a user can cause or meet, under one base the command line catches.
+
+Every error here is a :class:`UserError`; the CLI prints it as one line
+(``stalerl <command>: error: <message>``) and exits with status 2, with no traceback. They stay
+``ValueError`` subclasses, so code written against the older ``except ValueError`` keeps working.
+The message names the key, file (and line), path or process, what is wrong and what to do.
+What each error refuses is listed in ``docs/REFUSALS.md``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["UserError", "CheckpointError", "OutputError", "RunDirError", "RunLockedError"]
+
+
+class UserError(ValueError):
+    """Base of every anticipated failure the CLI turns into one line and exit status 2."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint or model directory is incomplete, corrupt or does not match its config."""
+
+
+class OutputError(UserError):
+    """An output location cannot be written (read-only, under a file, disk full, file too large);
+    the message names the path and what was being written."""
+
+
+class RunDirError(UserError):
+    """A run directory cannot be used as asked (an existing run without ``--resume``, a damaged
+    ``config.yaml``, a ``--resume`` override the checkpoint cannot take)."""
+
+
+class RunLockedError(RunDirError):
+    """Another live process is writing the run directory."""
