@@ -364,9 +364,9 @@ def test_a_directory_of_files_loads_with_datasets_and_keeps_line_errors(tmp_path
     assert [Path(r["source"]).name for r in rows] == ["a.parquet", "a.parquet", "b.jsonl"]
     assert len(load_prompts(str(folder / "*.parquet"), question_field="prompt",
                             answer_field="reward_model.ground_truth")) == 2
-    (folder / "c.jsonl").write_text('{"problem": "x", "answer": 1}\n{"problem": \n')
+    (folder / "c.jsonl").write_text(json.dumps(_verl_rows()[0]) + '\n{"prompt": \n')
     with pytest.raises(DatasetError, match=r"c.jsonl, line 2: malformed JSON"):
-        load_prompts(str(folder))
+        load_prompts(str(folder), question_field="prompt", answer_field="reward_model.ground_truth")
 
 
 def test_user_reward_signatures(tmp_path):
@@ -395,12 +395,13 @@ def test_user_reward_signatures(tmp_path):
 
 # ============================================================================ W&B, export
 
-def _wandb_history(run_dir: Path) -> list[dict]:
-    """History rows of the offline run's ``.wandb`` file (a LevelDB-style log of protobuf records)."""
+def _wandb_history(run_dir: Path) -> dict[int, dict]:
+    """History rows by step of the offline run's ``.wandb`` file (a LevelDB-style log of protobuf
+    records)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    data, pos, buf, rows = path.read_bytes(), 7, b"", []
+    data, pos, buf, rows = path.read_bytes(), 7, b"", {}
     while pos + 7 <= len(data):
         room = 32768 - pos % 32768
         if room < 7:
@@ -414,7 +415,8 @@ def _wandb_history(run_dir: Path) -> list[dict]:
             record.ParseFromString(buf)
             buf = b""
             if record.WhichOneof("record_type") == "history":
-                rows.append({i.key: json.loads(i.value_json) for i in record.history.item})
+                items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+                rows.setdefault(record.history.step.num, {}).update(items)
     return rows
 
 
@@ -422,7 +424,7 @@ def test_wandb_offline_gets_the_jsonl_metrics(make_config, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = train(make_config("steps=2", "stale.staleness=0", "logger=[wandb]", "data.eval_size=0")).run_dir
-    history = {int(r["_step"]): r for r in _wandb_history(run)}
+    history = _wandb_history(run)
     steps = _steps(run)
     assert sorted(history) == [r["step"] for r in steps] == [0, 1, 2]
     for record in steps[1:]:
