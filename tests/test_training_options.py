@@ -231,8 +231,8 @@ def test_dynamic_sampling_drops_equal_groups_and_refills(make_config):
     assert fake.calls == [2, 2]  # two rounds of P prompts fill the batch
     assert rewards.tolist() == [0, 1, 0, 1]  # round 1 group 2, round 2 group 1
     assert gen.texts == ["t102", "t103", "t200", "t201"]
-    assert gen.input_ids.shape == (4, 4 + 5)  # prompts re-padded to 4 on the left, responses to 5
-    assert gen.input_ids[0].tolist() == [0, 0, 102, 102, 102, 102, 102, 102, 0]
+    assert gen.input_ids.shape == (4, 4 + 5)  # prompts (3, then 4 tokens) padded to 4 on the left, responses to 5
+    assert gen.input_ids[0].tolist() == [0, 102, 102, 102, 102, 102, 102, 102, 0]  # prompt 3 + response 4
     assert gen.response_mask.sum(-1).tolist() == [4, 4, 5, 5]
     assert scored.counts == {"ok": 8}
     assert info["rollout/dynamic_sampling_tries"] == 2 and info["rollout/dynamic_sampling_dropped_groups"] == 2

@@ -20,6 +20,7 @@ the update counter) and its state is saved in every checkpoint.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -49,4 +50,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim_config, total_update
         return lr_ratio(update, schedule=oc.schedule, warmup_steps=oc.warmup_steps, total_updates=total_updates,
                         min_lr_ratio=oc.min_lr_ratio)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, ratio)
+    return _PerUpdateLR(optimizer, ratio)
+
+
+class _PerUpdateLR(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR stepped once per optimizer update, skipped ones included: a skipped (non-finite)
+    update calls no ``optimizer.step()``, which torch would report as a misordered call."""
+
+    def step(self, epoch=None) -> None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+            super().step(epoch)
