@@ -189,6 +189,31 @@ def test_overlong_penalty_is_dapo_eq13_by_hand():
     assert groups.overlong_penalty(torch.tensor([20]), 20, 0, 1.0).tolist() == [0.0]
 
 
+def test_overlong_penalty_equals_verl_dapo_reward_manager(tiny_testbed):
+    from types import SimpleNamespace
+
+    import numpy as np
+    from transformers import AutoTokenizer
+    from verl import DataProto
+    from verl.workers.reward_manager.dapo import DAPORewardManager
+
+    lengths, R, Lp = [5, 16, 17, 18, 20], 20, 3
+    n = len(lengths)
+    attention = torch.zeros(n, Lp + R, dtype=torch.long)
+    attention[:, :Lp] = 1
+    for i, length in enumerate(lengths):
+        attention[i, Lp:Lp + length] = 1
+    data = DataProto.from_dict(
+        tensors={"prompts": torch.full((n, Lp), 5), "responses": torch.full((n, R), 5), "attention_mask": attention},
+        non_tensors={"reward_model": np.array([{"ground_truth": "1"}] * n, dtype=object),
+                     "data_source": np.array(["x"] * n, dtype=object)})
+    manager = DAPORewardManager(AutoTokenizer.from_pretrained(tiny_testbed), 0, compute_score=lambda **kw: 0.0,
+                                max_resp_len=R, overlong_buffer_cfg=SimpleNamespace(enable=True, len=4,
+                                                                                     penalty_factor=2.0, log=False))
+    theirs = manager(data).sum(-1)
+    torch.testing.assert_close(groups.overlong_penalty(torch.tensor(lengths), R, 4, 2.0), theirs)
+
+
 def _gen(prompt_len: int, lengths: list[int], start: int, max_new: int) -> Generation:
     """Rows with left-padded prompts of ``prompt_len`` tokens and responses of ``lengths`` tokens;
     token values ``start + row`` identify the rows."""
