@@ -272,7 +272,8 @@ def load_prompts(
 
     Returns:
         A list of ``{"prompt_question": str, "answer": str, "source": str, "index": int}``,
-        ``index`` being the 0-based position of the row in the source.
+        ``index`` being the 0-based position of the row in the source; ``prompt_question`` is a
+        list of ``{"role", "content"}`` messages where the question field holds chat messages.
 
     Raises:
         DatasetError: (a ``ValueError``) for a missing or empty file, an unsupported file

@@ -308,7 +308,8 @@ def load_reward_fn(path: str, *, correct_threshold: float = 1.0) -> UserReward:
         path: ``"package.module:function"`` (importable from ``sys.path``) or
             ``"/path/to/file.py:function"``. The function has the signature
             ``fn(completions: list[str], answers: list[str]) -> list[float]`` (a numpy array,
-            a tensor or a :class:`RewardBatch` also work).
+            a tensor or a :class:`RewardBatch` also work), or one of the other signatures
+            :class:`UserReward` recognises (TRL-style keywords, verl's ``compute_score``).
         correct_threshold: a score at or above it counts as correct (for accuracy logging).
 
     Returns:

@@ -141,7 +141,9 @@ class RewardConfig:
     """Verifier worker processes."""
     function: str | None = None
     """A user reward ``module:function`` or ``path.py:function`` taking
-    ``(completions, answers) -> list[float]``; replaces math-verify."""
+    ``(completions, answers) -> list[float]``; replaces math-verify. It may also ask for
+    ``prompts``, ``extras`` and the rows' fields by name, or be verl's per-sample
+    ``compute_score(data_source, solution_str, ground_truth, extra_info)`` (docs/OPTIONS.md)."""
 
 
 @dataclass
