@@ -420,13 +420,12 @@ def test_user_reward_signatures(tmp_path):
 
 # ============================================================================ W&B, export
 
-def _wandb_history(run_dir: Path) -> dict[int, dict]:
-    """History rows by step of the offline run's ``.wandb`` file (a LevelDB-style log of protobuf
-    records)."""
+def _wandb_records(run_dir: Path) -> list:
+    """The protobuf records of the offline run's ``.wandb`` file (a LevelDB-style log)."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    data, pos, buf, rows = path.read_bytes(), 7, b"", {}
+    data, pos, buf, records = path.read_bytes(), 7, b"", []
     while pos + 7 <= len(data):
         room = 32768 - pos % 32768
         if room < 7:
@@ -438,10 +437,29 @@ def _wandb_history(run_dir: Path) -> dict[int, dict]:
         if kind in (1, 4):  # a full record or the last fragment of one
             record = pb.Record()
             record.ParseFromString(buf)
+            records.append(record)
             buf = b""
-            if record.WhichOneof("record_type") == "history":
-                items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
-                rows.setdefault(record.history.step.num, {}).update(items)
+    return records
+
+
+def _wandb_history(run_dir: Path, wait_s: float = 60.0) -> dict[int, dict]:
+    """History rows by step, once the run's ``exit`` record is on disk (wandb's service process
+    writes the file; on a loaded machine it can lag behind ``finish()``)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = _wandb_records(run_dir)
+        kinds = [r.WhichOneof("record_type") for r in records]
+        if "exit" in kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    rows: dict[int, dict] = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "history":
+            items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+            rows.setdefault(record.history.step.num, {}).update(items)
+    assert rows, f"no history records in the offline W&B run; records: {kinds}"
     return rows
 
 
