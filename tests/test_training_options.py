@@ -33,7 +33,7 @@ def _steps(run_dir: Path) -> list[dict]:
 # ============================================================================ config
 
 @pytest.mark.parametrize("override,needle", [
-    ("optim.schedule=exponential", "optim.schedule: expected one of constant, linear, cosine"),
+    ("optim.schedule=exponential", "optim.schedule: expected one of 'constant', 'linear', 'cosine'"),
     ("optim.warmup_steps=-1", "optim.warmup_steps must be >= 0"),
     ("optim.min_lr_ratio=1.5", r"optim.min_lr_ratio must lie in \[0, 1\]"),
     ("algorithm.kl_loss_type=k4", "algorithm.kl_loss_type: expected one of"),
