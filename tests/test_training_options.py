@@ -30,6 +30,14 @@ def _steps(run_dir: Path) -> list[dict]:
     return [r for r in read_jsonl(run_dir / "metrics.jsonl") if "event" not in r]
 
 
+def _assert_keys_listed(run_dir: Path) -> None:
+    """Every key the run wrote has its row in docs/METRICS.md."""
+    from test_metrics_table import KEYS, listed
+
+    written = {k for name in ("metrics.jsonl", "updates.jsonl") for r in read_jsonl(run_dir / name) for k in r}
+    assert not [k for k in written - {"step", "update"} if not listed(k, KEYS)]
+
+
 # ============================================================================ config
 
 @pytest.mark.parametrize("override,needle", [
@@ -175,6 +183,7 @@ def test_kl_loss_reference_loaded_once_frozen_and_logged(make_config, monkeypatc
     assert all(u["actor/entropy_loss"] > 0 for u in updates)
     step = _steps(run)[-1]
     assert "actor/kl_loss" in step and "actor/entropy_loss" in step
+    _assert_keys_listed(run)
     # off by default: no reference, no keys
     run = train(make_config("steps=1", "stale.staleness=0", "data.eval_size=0", run_dir=run.parent / "off")).run_dir
     assert len(loaded) == 1 and "actor/kl_loss" not in read_jsonl(run / "updates.jsonl")[0]
@@ -315,6 +324,7 @@ def test_dynamic_sampling_in_a_stale_run_keeps_the_generating_version(make_confi
     run = train(make_config("steps=4", "stale.staleness=2", "algorithm.dynamic_sampling=true", "data.eval_size=0",
                             f"reward.function={Path(__file__).resolve()}:_parity_reward")).run_dir
     steps = _steps(run)[1:]
+    _assert_keys_listed(run)
     assert sum(s["rollout/dynamic_sampling_dropped_groups"] for s in steps) > 0
     assert all(s["rollout/zero_variance_group_frac"] == 0 for s in steps)
     for s in steps:
