@@ -238,11 +238,11 @@ def test_nan_update_is_skipped_and_counted(make_config, monkeypatch):
     seen = {}
     real_update = loop.update
 
-    def spy(config, model, optimizer, objective, batch, rows, state):
+    def spy(config, model, optimizer, objective, batch, rows, state, **kwargs):
         index = state.updates
         before = [p.detach().clone() for p in model.parameters()]
         steps_before = [int(s["step"]) for s in optimizer.state.values()] if optimizer.state else []
-        out = real_update(config, model, optimizer, objective, batch, rows, state)
+        out = real_update(config, model, optimizer, objective, batch, rows, state, **kwargs)
         same = all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
         steps_after = [int(s["step"]) for s in optimizer.state.values()] if optimizer.state else []
         seen[index] = (same, steps_before == steps_after)

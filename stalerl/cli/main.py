@@ -8,6 +8,7 @@
     stalerl report RUN_DIR [RUN_DIR ...]   Markdown report with figures
     stalerl reproduce STUDY                rerun a seed paper's study
     stalerl data prepare SOURCE --out F    verl-format Parquet with the M2PO prompt template
+    stalerl export RUN_DIR [--step N] OUT  a checkpoint as a plain save_pretrained directory
 
 Errors in what the user gave (a config key, a file, a dataset row, a run directory in use; every
 :class:`stalerl.errors.UserError`) are printed as one line and exit with status 2; a fault during
@@ -124,6 +125,14 @@ def _cmd_data(args) -> int:
     return prepare_main(args)
 
 
+def _cmd_export(args) -> int:
+    from stalerl.training.export import export_checkpoint
+
+    out = export_checkpoint(args.run_dir, args.out_dir, step=args.step)
+    print(f"wrote {out} (model, tokenizer, README.md)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stalerl", description="Off-policy RL of language models on stale rollouts.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_prepare_args(p)
     p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("export", help="write a checkpoint as a save_pretrained directory with a model card")
+    p.add_argument("run_dir", help="run directory written by stalerl train")
+    p.add_argument("out_dir", help="output directory (new or empty)")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -7,6 +7,7 @@ Every loader returns plain rows ``{"prompt_question": str, "answer": str, "sourc
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from typing import Any, Iterable, Iterator
@@ -38,6 +39,23 @@ def _where(path: str, kind: str, number: int) -> str:
     return f"{path}, {kind} {number}"
 
 
+def field_value(record: dict[str, Any], path: str) -> tuple[bool, Any]:
+    """``(found, value)`` of a field given by a dotted path (``reward_model.ground_truth``)."""
+    node: Any = record
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _is_messages(value: Any) -> bool:
+    """A non-empty list of chat messages ``{"role": ..., "content": ...}`` (verl's ``prompt``)."""
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in value))
+
+
 def _make_row(
     record: Any,
     *,
@@ -46,31 +64,48 @@ def _make_row(
     answer_field: str,
     source: str,
     index: int,
+    with_extra: bool = False,
 ) -> dict[str, Any]:
     if not isinstance(record, dict):
         raise DatasetError(f"{where}: expected a JSON object (a mapping of fields), got {type(record).__name__}")
     fields = sorted(record)
+    values = {}
     for name in (question_field, answer_field):
-        if name not in record or record[name] is None:
-            what = "is missing" if name not in record else "is null"
+        found, value = field_value(record, name)
+        if not found or value is None:
+            what = "is missing" if not found else "is null"
             raise DatasetError(
                 f"{where}: field {name!r} {what}; the row has fields {fields}. "
-                "Pass question_field=/answer_field= to choose other fields."
+                "Pass question_field=/answer_field= to choose other fields (a dotted path such as "
+                "reward_model.ground_truth reaches a nested one)."
             )
-    question = record[question_field]
-    if not isinstance(question, str):
+        values[name] = value
+    question = values[question_field]
+    if isinstance(question, list):
+        if not _is_messages(question):
+            raise DatasetError(
+                f"{where}: field {question_field!r} is a list but not chat messages "
+                "(a list of {'role': ..., 'content': ...} mappings)"
+            )
+        question = [{"role": m["role"], "content": m["content"]} for m in question]
+    elif not isinstance(question, str):
         raise DatasetError(
-            f"{where}: field {question_field!r} must be a string, got {type(question).__name__}"
+            f"{where}: field {question_field!r} must be a string or a list of chat messages, "
+            f"got {type(question).__name__}"
         )
-    if not question.strip():
+    elif not question.strip():
         raise DatasetError(f"{where}: field {question_field!r} is empty")
-    answer = record[answer_field]
+    answer = values[answer_field]
     if isinstance(answer, (dict, list)):
         raise DatasetError(
             f"{where}: field {answer_field!r} must be a string or a number, got {type(answer).__name__}"
         )
     answer = str(answer)  # numbers in JSON / Parquet become strings
-    return {"prompt_question": question, "answer": answer, "source": source, "index": index}
+    row = {"prompt_question": question, "answer": answer, "source": source, "index": index}
+    if with_extra:  # the row's other fields, for reward functions (verl's data_source, extra_info)
+        top = question_field.split(".")[0]
+        row["extra"] = {k: v for k, v in record.items() if k != top}
+    return row
 
 
 def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
@@ -138,7 +173,7 @@ def _parquet_records(path: str) -> list[tuple[int, Any]]:
 
 
 def _load_local(
-    path: str, question_field: str, answer_field: str, limit: int | None
+    path: str, question_field: str, answer_field: str, limit: int | None, with_extra: bool = False
 ) -> list[dict[str, Any]]:
     suffix = os.path.splitext(path)[1].lower()
     if suffix == ".jsonl":
@@ -165,6 +200,7 @@ def _load_local(
                 answer_field=answer_field,
                 source=path,
                 index=index,
+                with_extra=with_extra,
             )
         )
     if not rows and limit != 0:
@@ -173,7 +209,8 @@ def _load_local(
 
 
 def _load_hub(
-    name: str, split: str | None, question_field: str, answer_field: str, limit: int | None
+    name: str, split: str | None, question_field: str, answer_field: str, limit: int | None,
+    with_extra: bool = False,
 ) -> list[dict[str, Any]]:
     try:
         import datasets
@@ -206,6 +243,7 @@ def _load_hub(
                 answer_field=answer_field,
                 source=name,
                 index=index,
+                with_extra=with_extra,
             )
         )
     if not rows and limit != 0:
@@ -220,6 +258,7 @@ def load_prompts(
     question_field: str | None = None,
     answer_field: str | None = None,
     limit: int | None = None,
+    with_extra: bool = False,
 ) -> list[dict[str, Any]]:
     """Load question/answer rows from a local file or a ``datasets`` Hub name.
 
@@ -236,10 +275,19 @@ def load_prompts(
         answer_field: the field holding the reference answer; default ``"answer"`` (idem).
             Numbers are converted to strings.
         limit: keep only the first ``limit`` rows.
+        with_extra: also return each row's other fields as ``"extra"`` (every top-level field
+            but the question's), for reward functions that take them.
+
+    Both field names may be dotted paths into nested fields (verl's parquet layout:
+    ``question_field="prompt"``, a list of chat messages, and
+    ``answer_field="reward_model.ground_truth"``). ``source`` may also be a directory or a glob
+    pattern of ``.jsonl``/``.json``/``.parquet`` files, read with ``datasets.load_dataset``
+    (:func:`_load_files`).
 
     Returns:
         A list of ``{"prompt_question": str, "answer": str, "source": str, "index": int}``,
-        ``index`` being the 0-based position of the row in the source.
+        ``index`` being the 0-based position of the row in the source; ``prompt_question`` is a
+        list of ``{"role", "content"}`` messages where the question field holds chat messages.
 
     Raises:
         DatasetError: (a ``ValueError``) for a missing or empty file, an unsupported file
@@ -254,9 +302,39 @@ def load_prompts(
     answer_field = answer_field or known.get("answer_field", "answer")
     src = os.path.expanduser(str(source))
     if os.path.isfile(src):
-        return _load_local(src, question_field, answer_field, limit)
-    if os.path.isdir(src):
-        raise DatasetError(f"{src} is a directory; pass a .jsonl/.json/.parquet file")
+        return _load_local(src, question_field, answer_field, limit, with_extra)
+    if os.path.isdir(src) or glob.has_magic(src):
+        return _load_files(src, question_field, answer_field, limit, with_extra)
     if src.lower().endswith(LOCAL_SUFFIXES) or src.startswith((".", "/", "~")):
         raise DatasetError(f"{src}: no such file")
-    return _load_hub(str(source), split, question_field, answer_field, limit)
+    return _load_hub(str(source), split, question_field, answer_field, limit, with_extra)
+
+
+def _load_files(
+    pattern: str, question_field: str, answer_field: str, limit: int | None, with_extra: bool
+) -> list[dict[str, Any]]:
+    """Rows of every data file of a directory or glob pattern, each file read with
+    ``datasets.load_dataset("json" | "parquet", data_files=file)``; a file that ``datasets``
+    cannot read is read again by stalerl's own reader, whose error names the file and line."""
+    import datasets
+
+    base = os.path.join(pattern, "*") if os.path.isdir(pattern) else pattern
+    files = sorted(f for f in glob.glob(base) if f.lower().endswith(LOCAL_SUFFIXES) and os.path.isfile(f))
+    if not files:
+        raise DatasetError(f"{pattern}: no {'/'.join(LOCAL_SUFFIXES)} files there")
+    rows: list[dict[str, Any]] = []
+    for path in files:
+        builder = "parquet" if path.lower().endswith(".parquet") else "json"
+        try:
+            ds = datasets.load_dataset(builder, data_files=path, split="train")
+        except Exception as exc:
+            _load_local(path, question_field, answer_field, None)  # raises the precise error, if it finds one
+            raise DatasetError(f"{path}: datasets.load_dataset({builder!r}) failed: {type(exc).__name__}: {exc}") from exc
+        for number, record in enumerate(ds, start=1):
+            if limit is not None and len(rows) >= limit:
+                return rows
+            rows.append(_make_row(record, where=_where(path, "row", number), question_field=question_field,
+                                  answer_field=answer_field, source=path, index=len(rows), with_extra=with_extra))
+    if not rows and limit != 0:
+        raise DatasetError(f"{pattern}: the files have no rows")
+    return rows

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,6 +18,8 @@ class Prompt:
     text: str
     answer: str
     source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """The row's other fields (verl's ``data_source``, ``extra_info``...), for reward functions."""
 
 
 class SkipCount(int):
@@ -69,13 +71,17 @@ def build_prompts(source: str, *, split: str, size: int | None, tokenizer, data_
             question_field=data_config.question_field,
             answer_field=data_config.answer_field,
             limit=size,
+            with_extra=True,
         )
         template = "m2po" if data_config.template == "auto" else data_config.template
+        system = getattr(data_config, "system_prompt", None)
         rows = [
             Prompt(
-                format_prompt(r["prompt_question"], template, tokenizer=tokenizer, chat=data_config.chat_template),
+                format_prompt(r["prompt_question"], template, tokenizer=tokenizer, chat=data_config.chat_template,
+                              system_prompt=system),
                 r["answer"],
                 f"{r['source']}:{r['index']}",
+                r["extra"],
             )
             for r in loaded
         ]

@@ -26,10 +26,11 @@ TEMPLATES = {"m2po": M2PO_TEMPLATE, "plain": PLAIN_TEMPLATE}
 
 
 def format_prompt(
-    question: str,
+    question: str | list[dict[str, str]],
     template: str = "m2po",
     tokenizer: Any = None,
     chat: bool = False,
+    system_prompt: str | None = None,
 ) -> str:
     """Build the prompt text for one question.
 
@@ -41,6 +42,12 @@ def format_prompt(
         tokenizer: a Hugging Face tokenizer; needed only with ``chat=True``.
         chat: wrap the formatted question as a single user message with the tokenizer's chat
             template (``apply_chat_template(..., add_generation_prompt=True, tokenize=False)``).
+        system_prompt: a system message put first when the prompt is chat messages (``chat=True``
+            or ``question`` given as messages without a system message of its own).
+
+    ``question`` may also be a list of chat messages (verl's ``prompt`` column): they are the
+    prompt as they are (``template`` does not apply) and go through the chat template whatever
+    ``chat`` says.
 
     Returns:
         The prompt string.
@@ -55,6 +62,11 @@ def format_prompt(
         >>> format_prompt("What is 1+1?").startswith("Please solve the following math problem: What is 1+1?.")
         True
     """
+    if isinstance(question, list):
+        messages = list(question)
+        if system_prompt and not any(m.get("role") == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        return _apply_chat_template(messages, tokenizer)
     tmpl = TEMPLATES.get(template, template)
     if "{question}" not in tmpl:
         raise ValueError(
@@ -70,14 +82,17 @@ def format_prompt(
         ) from exc
     if not chat:
         return text
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return _apply_chat_template(messages + [{"role": "user", "content": text}], tokenizer)
+
+
+def _apply_chat_template(messages: list[dict[str, str]], tokenizer: Any) -> str:
     if tokenizer is None:
         raise ValueError("format_prompt(chat=True) needs a tokenizer")
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
         raise ValueError(
-            f"tokenizer {name!r} has no chat template; use chat=False for a base model, or set "
-            "tokenizer.chat_template"
+            f"tokenizer {name!r} has no chat template; use chat=False for a base model (with prompts "
+            "given as text, not chat messages), or set tokenizer.chat_template"
         )
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-    )
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -7,6 +7,7 @@ instead of 0.1; set ``format_score=0.0`` to reproduce it.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -185,6 +186,16 @@ class UserReward:
     """A user reward function ``fn(completions, answers) -> list[float]`` wrapped to return a
     :class:`RewardBatch`. Built by :func:`load_reward_fn`.
 
+    The function's signature says what it receives (:func:`_call_style`):
+
+    * ``fn(completions, answers)`` (or any two positional names): called positionally, as always;
+    * keyword names among ``completions``, ``answers``, ``prompts``, ``extras`` (each row's other
+      fields as a dict) and any field of the data rows (``data_source``, ``extra_info``...; one list
+      entry per completion), or ``**kwargs`` for all of them: TRL's reward-function convention;
+    * a ``solution_str`` parameter: verl's per-sample ``compute_score(data_source, solution_str,
+      ground_truth, extra_info)``, called once per completion; it may return a number or a dict
+      with ``"score"``.
+
     The function may also return a :class:`RewardBatch` itself. Otherwise ``correct`` is
     ``score >= correct_threshold`` and ``extracted`` is ``score != 0`` (the function says
     nothing more); ``counts`` is ``{}``.
@@ -208,13 +219,17 @@ class UserReward:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def __call__(self, completions: Sequence[str], answers: Sequence[Any]) -> RewardBatch:
-        """Call the user function and validate its output; see the class docstring."""
+    def __call__(self, completions: Sequence[str], answers: Sequence[Any], *, prompts: Sequence[str] | None = None,
+                 extras: Sequence[dict[str, Any]] | None = None) -> RewardBatch:
+        """Call the user function and validate its output; see the class docstring. ``prompts``
+        and ``extras`` (one per completion) reach functions that ask for them."""
         n = len(completions)
         if n != len(answers):
             raise ValueError(f"completions and answers differ in length: {n} != {len(answers)}")
         try:
-            out = self.fn(list(completions), list(answers))
+            out = _call_user_fn(self.fn, list(completions), list(answers),
+                                list(prompts) if prompts is not None else [""] * n,
+                                list(extras) if extras is not None else [{} for _ in range(n)])
         except Exception as exc:
             raise ValueError(f"reward function {self.path!r} raised {type(exc).__name__}: {exc}") from exc
         if isinstance(out, RewardBatch):
@@ -248,6 +263,44 @@ class UserReward:
         return RewardBatch(scores, correct, extracted, {}, [None] * n)
 
 
+_BATCH_NAMES = ("completions", "answers", "prompts", "extras")
+
+
+def _call_style(fn: Callable[..., Any], extra_names: set[str]) -> str:
+    """``"verl"`` (per sample, ``solution_str``), ``"keywords"`` (TRL-like) or ``"positional"``."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return "positional"
+    if "solution_str" in params:
+        return "verl"
+    named = [p for p in params.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    known = set(_BATCH_NAMES) | extra_names
+    if named and all(p.name in known for p in named) and any(p.name in _BATCH_NAMES for p in named):
+        return "keywords"
+    return "positional"
+
+
+def _call_user_fn(fn, completions: list[str], answers: list[Any], prompts: list[str], extras: list[dict]) -> Any:
+    names = {k for e in extras for k in e}
+    style = _call_style(fn, names)
+    if style == "positional":
+        return fn(completions, answers)
+    params = inspect.signature(fn).parameters
+    takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    if style == "verl":
+        out = []
+        for text, answer, extra in zip(completions, answers, extras):
+            given = {"solution_str": text, "ground_truth": answer, "data_source": extra.get("data_source"),
+                     "extra_info": extra.get("extra_info")}
+            score = fn(**{k: v for k, v in given.items() if k in params or takes_all})
+            out.append(score["score"] if isinstance(score, dict) else score)
+        return out
+    given = {"completions": completions, "answers": answers, "prompts": prompts, "extras": extras}
+    given.update({k: [e.get(k) for e in extras] for k in names if k not in given})
+    return fn(**{k: v for k, v in given.items() if k in params or takes_all})
+
+
 def load_reward_fn(path: str, *, correct_threshold: float = 1.0) -> UserReward:
     """Import a user reward function and wrap it as a :class:`UserReward`.
 
@@ -255,7 +308,8 @@ def load_reward_fn(path: str, *, correct_threshold: float = 1.0) -> UserReward:
         path: ``"package.module:function"`` (importable from ``sys.path``) or
             ``"/path/to/file.py:function"``. The function has the signature
             ``fn(completions: list[str], answers: list[str]) -> list[float]`` (a numpy array,
-            a tensor or a :class:`RewardBatch` also work).
+            a tensor or a :class:`RewardBatch` also work), or one of the other signatures
+            :class:`UserReward` recognises (TRL-style keywords, verl's ``compute_score``).
         correct_threshold: a score at or above it counts as correct (for accuracy logging).
 
     Returns:

@@ -20,8 +20,8 @@ from stalerl._lazy import lazy_exports
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from stalerl.training.advantages import group_advantages
     from stalerl.training.config import (
-        ConfigError, DataConfig, EvalConfig, ModelConfig, ObjectiveSection, OptimConfig, RewardConfig,
-        RolloutConfig, StalenessConfig, TrainConfig, load_config, packaged_configs, to_dict, validate,
+        AlgorithmConfig, ConfigError, DataConfig, EvalConfig, ModelConfig, ObjectiveSection, OptimConfig,
+        RewardConfig, RolloutConfig, StalenessConfig, TrainConfig, load_config, packaged_configs, to_dict, validate,
     )
     from stalerl.training.config_help import config_help
     from stalerl.training.logger import read_jsonl
@@ -42,6 +42,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "OptimConfig": _CONFIG,
     "StalenessConfig": _CONFIG,
     "EvalConfig": _CONFIG,
+    "AlgorithmConfig": _CONFIG,
     "ConfigError": _CONFIG,
     "load_config": _CONFIG,
     "packaged_configs": _CONFIG,
@@ -56,7 +57,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
 __all__ = [
     "train", "RunResult", "TrainingCrashed",
     "TrainConfig", "ModelConfig", "DataConfig", "RolloutConfig", "RewardConfig", "ObjectiveSection",
-    "OptimConfig", "StalenessConfig", "EvalConfig", "ConfigError", "load_config", "packaged_configs",
-    "to_dict", "validate", "config_help",
+    "OptimConfig", "StalenessConfig", "EvalConfig", "AlgorithmConfig", "ConfigError", "load_config",
+    "packaged_configs", "to_dict", "validate", "config_help",
     "group_advantages", "completion_log_probs", "read_jsonl",
 ]

@@ -201,6 +201,9 @@ class DataConfig:
     """Number of held-out problems used by the periodic evaluation (0 = no evaluation)."""
     limit: int | None = checked(None, at_least(1))
     """Use only the first N training rows of a file/hub dataset."""
+    system_prompt: str | None = None
+    """A system message put before the question when prompts are chat messages (``chat_template``
+    or verl's ``prompt`` column of messages that has no system message of its own); None = none."""
 
 
 @dataclass
@@ -248,7 +251,9 @@ class RewardConfig:
     """Verifier worker processes."""
     function: str | None = None
     """A user reward ``module:function`` or ``path.py:function`` taking
-    ``(completions, answers) -> list[float]``; replaces math-verify."""
+    ``(completions, answers) -> list[float]``; replaces math-verify. It may also ask for
+    ``prompts``, ``extras`` and the rows' fields by name, or be verl's per-sample
+    ``compute_score(data_source, solution_str, ground_truth, extra_info)`` (docs/OPTIONS.md)."""
 
 
 @dataclass
@@ -286,6 +291,18 @@ class OptimConfig:
     trimming); rows are sorted by length and packed up to it, so long responses do not run out of
     memory and short ones are not processed a few at a time. None: ``micro_batch_size`` rows per
     micro-batch. Either way the loss is normalised over the whole mini-batch."""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate decay after the warmup: ``constant`` (the M2PO paper's), ``linear`` or
+    ``cosine`` down to ``min_lr_ratio * lr`` at the last update (verl's ``optim.lr_scheduler_type``
+    ``constant``/``cosine``, TRL's ``lr_scheduler_type``). See :mod:`stalerl.training.schedule`."""
+    warmup_steps: int = 0
+    """Linear warmup from 0 to ``lr``, in *optimizer updates* (a training step is
+    ``mini_batches`` updates; the learning rate acts per update, so the warmup is counted in the
+    unit that changes it, as verl's ``optim.lr_warmup_steps`` and TRL's ``warmup_steps``). 0 = none
+    (the papers)."""
+    min_lr_ratio: float = 0.0
+    """Floor of the ``linear``/``cosine`` decay as a fraction of ``lr`` (verl's
+    ``optim.min_lr_ratio``; 0 = decay to zero). Unused by ``constant``."""
 
 
 @dataclass
@@ -322,6 +339,46 @@ class EvalConfig:
 
 
 @dataclass
+class AlgorithmConfig:
+    """Loss terms and rollout shaping on top of the objective; every one is off by default, so the
+    papers' settings are unchanged. See docs/OPTIONS.md."""
+
+    kl_loss_coef: float = 0.0
+    """Weight of a KL(policy || reference) term added to the loss (verl's
+    ``actor.kl_loss_coef`` with ``use_kl_loss``, TRL's ``beta``; DAPO and the M2PO paper: 0, no
+    KL). The reference is the initial policy, loaded once, frozen, only when this is > 0."""
+    kl_loss_type: Literal["k1", "kl", "abs", "k2", "mse", "k3", "low_var_kl", "k1+", "k3+", "low_var_kl+"] = "low_var_kl"
+    """KL estimator per token, verl's ``actor.kl_loss_type`` (``core_algos.kl_penalty``):
+    ``k1``/``kl`` = log pi - log pi_ref, ``abs``, ``k2``/``mse`` = (log pi - log pi_ref)^2 / 2,
+    ``k3``/``low_var_kl`` = exp(log pi_ref - log pi) - (log pi_ref - log pi) - 1 (clamped as
+    verl); a ``+`` suffix uses the k2 gradient with the estimator's value (verl's straight-through).
+    verl's default: ``low_var_kl``."""
+    entropy_coeff: float = 0.0
+    """Weight of an entropy bonus: the loss gets ``- entropy_coeff * entropy`` (verl's
+    ``actor.entropy_coeff``, default 0; the papers use none)."""
+    mask_truncated_completions: bool = False
+    """Drop completions that hit ``rollout.max_new_tokens`` without EOS from the loss (TRL's
+    ``mask_truncated_completions``; DAPO section 3.4 "overlong filtering"). They still count in
+    the group advantages."""
+    overlong_buffer_len: int = 0
+    """DAPO's soft overlong punishment (eq. 13): the last ``overlong_buffer_len`` tokens before
+    ``rollout.max_new_tokens`` are a buffer in which the reward falls linearly to
+    ``-overlong_penalty_factor`` (verl's ``reward_model.overlong_buffer.len``; DAPO: 4096 of 20480).
+    0 = off."""
+    overlong_penalty_factor: float = 1.0
+    """Penalty at the maximum length, in reward units (verl's
+    ``reward_model.overlong_buffer.penalty_factor``; DAPO: 1.0)."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling (section 3.2, eq. 11): drop groups whose rewards are all equal
+    (zero advantage) and generate more prompts until the batch holds ``rollout.prompts_per_step``
+    groups with signal (verl's ``algorithm.filter_groups.enable``)."""
+    dynamic_sampling_max_tries: int = 10
+    """Generation rounds per batch before giving up (verl's ``filter_groups.max_num_gen_batches``,
+    DAPO recipe 10). A batch still short after them is filled with dropped groups (zero advantage)
+    and counted in ``rollout/dynamic_sampling_unfilled``."""
+
+
+@dataclass
 class TrainConfig:
     """Everything ``stalerl train`` needs."""
 
@@ -350,6 +407,14 @@ class TrainConfig:
     """Write PNG learning curves into the run directory at the end."""
     progress: bool = True
     """Show a progress bar."""
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    """KL and entropy terms, overlong handling, dynamic sampling (all off by default)."""
+    logger: list[str] | None = None
+    """Trackers besides the JSONL files: any of ``tensorboard``, ``wandb`` (verl's
+    ``trainer.logger``). None = ``[tensorboard]`` if ``tensorboard`` else ``[]`` (``tensorboard``
+    stays as the older switch). W&B runs offline with ``WANDB_MODE=offline``."""
+    wandb_project: str = "stalerl"
+    """W&B project of the run (the run is named after the run directory)."""
 
 
 # ---------------------------------------------------------------------------- loading
@@ -492,6 +557,7 @@ def validate(config: TrainConfig) -> None:
             f"rollout.prompts_per_step * rollout.group_size = {total} trajectories cannot be split "
             f"into optim.mini_batches={m} equal mini-batches"
         )
+    _validate_options(config)
     from stalerl import objectives
 
     try:
@@ -536,3 +602,29 @@ def resolve_config_path(path: str | Path) -> Path:
         f"config file {str(path)!r} does not exist and is not the name of a shipped config "
         f"({', '.join(shipped) or 'none found'}); give a YAML file or one of those names"
     )
+
+
+def _validate_options(config: TrainConfig) -> None:
+    """Checks of the schedule, the extra loss terms, overlong handling and the trackers."""
+    oc, ac = config.optim, config.algorithm
+    if oc.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps must be >= 0 (optimizer updates), got {oc.warmup_steps}")
+    if not 0.0 <= oc.min_lr_ratio <= 1.0:
+        raise ConfigError(f"optim.min_lr_ratio must lie in [0, 1], got {oc.min_lr_ratio}")
+    for key, value in {"algorithm.kl_loss_coef": ac.kl_loss_coef, "algorithm.entropy_coeff": ac.entropy_coeff,
+                       "algorithm.overlong_penalty_factor": ac.overlong_penalty_factor}.items():
+        if not (value >= 0 and value < float("inf")):
+            raise ConfigError(f"{key} must be a finite number >= 0, got {value}")
+    if not 0 <= ac.overlong_buffer_len < config.rollout.max_new_tokens:
+        raise ConfigError(
+            f"algorithm.overlong_buffer_len={ac.overlong_buffer_len} must be >= 0 and smaller than "
+            f"rollout.max_new_tokens={config.rollout.max_new_tokens} (0 turns the penalty off)"
+        )
+    if ac.dynamic_sampling_max_tries < 1:
+        raise ConfigError(f"algorithm.dynamic_sampling_max_tries must be >= 1, got {ac.dynamic_sampling_max_tries}")
+    if ac.dynamic_sampling and config.rollout.group_size < 2:
+        raise ConfigError("algorithm.dynamic_sampling needs rollout.group_size >= 2 (a group of one always has "
+                          "equal rewards)")
+    unknown = sorted(set(config.logger or []) - {"tensorboard", "wandb"})
+    if unknown:
+        raise ConfigError(f"logger: unknown tracker(s) {unknown}; use any of tensorboard, wandb")

@@ -1,8 +1,10 @@
 """Metrics output of a run: ``metrics.jsonl`` (one record per step), ``updates.jsonl`` (one
 record per optimizer update), ``diagnostics.jsonl`` (per-update trajectory/token samples for
 :mod:`stalerl.evaluation.diagnostics`), ``eval_problems.jsonl`` (per evaluation, the accuracy of
-each held-out problem, in a fixed problem order: what paired statistics resample) and
-TensorBoard events.
+each held-out problem, in a fixed problem order: what paired statistics resample), and the
+trackers of the ``logger`` option: TensorBoard events and Weights & Biases (offline with
+``WANDB_MODE=offline``: the run is written under ``<run_dir>/wandb`` and can be uploaded later with
+``wandb sync``). Trackers get each step's record with the same names and step as ``metrics.jsonl``.
 
 Metric namespaces are stable: ``rollout/`` (the batch generated this step by the current
 policy), ``train/`` (the consumed, possibly stale data and the updates on it), ``actor/`` (the
@@ -12,12 +14,16 @@ objective's metrics, verl's names), ``eval/`` (held-out evaluation), ``time/`` a
 from __future__ import annotations
 
 import json
+import logging
 import math
+import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
 from stalerl.errors import OutputError, UserError
 from stalerl.training.rundir import atomic_write_text, io_reason
+log = logging.getLogger(__name__)
 
 
 def _clean(value: Any) -> Any:
@@ -35,8 +41,10 @@ class RunLogger:
 
     FILES = ("metrics.jsonl", "updates.jsonl", "diagnostics.jsonl", "eval_problems.jsonl")
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None,
+                 wandb_project: str | None = None, wandb_config: dict[str, Any] | None = None) -> None:
         self.run_dir = run_dir
+        self._wandb = _start_wandb(run_dir, wandb_project, wandb_config) if wandb_project else None
         if resume_step is not None:
             self._truncate(resume_step)
         try:
@@ -80,6 +88,9 @@ class RunLogger:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))
+                             and not isinstance(v, bool) and math.isfinite(v)}, step=step)
 
     def log_update(self, record: dict[str, Any]) -> None:
         self._write("updates.jsonl", {k: _clean(v) for k, v in record.items()})
@@ -107,6 +118,45 @@ class RunLogger:
                 pass
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def trackers(config) -> list[str]:
+    """The trackers a config asks for: ``logger``, or ``[tensorboard]`` if ``tensorboard`` when unset."""
+    if config.logger is not None:
+        return list(config.logger)
+    return ["tensorboard"] if config.tensorboard else []
+
+
+def make_run_logger(run_dir: Path, config, resume_step: int | None = None) -> RunLogger:
+    """The :class:`RunLogger` of ``stalerl train`` with the trackers of ``config.logger``."""
+    import dataclasses
+
+    chosen = trackers(config)
+    return RunLogger(run_dir, tensorboard="tensorboard" in chosen, resume_step=resume_step,
+                     wandb_project=config.wandb_project if "wandb" in chosen else None,
+                     wandb_config=dataclasses.asdict(config))
+
+
+def _start_wandb(run_dir: Path, project: str, config: dict[str, Any] | None):
+    """A W&B run for ``run_dir`` (resumed with the same id after ``--resume``), or None with a
+    warning when wandb cannot start."""
+    id_file = run_dir / "wandb_run_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
+    try:
+        import wandb
+
+        run = wandb.init(project=project, name=run_dir.name, id=run_id, resume="allow", dir=str(run_dir),
+                         config=config)
+    except Exception as err:  # no wandb, no login while online...: keep the JSON logs
+        warnings.warn(f"W&B logging disabled ({type(err).__name__}: {err}); set WANDB_MODE=offline to log "
+                      "without a network", stacklevel=3)
+        return None
+    id_file.write_text(run_id)
+    log.info("W&B run %s (%s)", run_id, getattr(run.settings, "mode", "?"))
+    return run
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

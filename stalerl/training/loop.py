@@ -42,8 +42,11 @@ from stalerl.training import checkpoint as ckpt
 from stalerl.training import precision, rundir
 from stalerl.training.advantages import group_advantages
 from stalerl.training.config import ConfigError, TrainConfig, to_dict, validate
-from stalerl.training.logger import EVAL_PROBLEMS_KEY, RunLogger, read_jsonl
+from stalerl.training.groups import collect_groups, mask_truncated, score_groups
+from stalerl.training.logger import EVAL_PROBLEMS_KEY, make_run_logger, read_jsonl
 from stalerl.training.logprobs import completion_log_probs
+from stalerl.training.loss_terms import build_loss_terms
+from stalerl.training.schedule import build_scheduler
 
 
 class TrainingCrashed(RuntimeError):
@@ -168,23 +171,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ============================================================================ rollouts
 
 def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_version: int, record_rollout: bool):
-    """Generate one batch (P prompts x G responses) with the current policy and score it."""
+    """Generate one batch (P prompts x G responses) with the current policy and score it; the
+    ``algorithm`` options (DAPO's overlong penalty and dynamic sampling, masking truncated
+    completions) act here, through :mod:`stalerl.training.groups`."""
     rc = config.rollout
-    prompts = sampler.take(rc.prompts_per_step)
-    t0 = time.perf_counter()
+    times = {"time/generate": 0.0, "time/score": 0.0}
     sampling_model = precision.generation_model(model, config.model)  # bf16 copy over float32 masters
-    gen = generate(
-        sampling_model, tokenizer, [p.text for p in prompts], group_size=rc.group_size, temperature=rc.temperature,
-        top_p=rc.top_p, max_new_tokens=rc.max_new_tokens, batch_size=rc.batch_size, record_log_prob=record_rollout,
-        engine=rc.engine, max_batch_tokens=rc.max_batch_tokens,
-    )
-    del sampling_model
-    t_generate = time.perf_counter() - t0
-    answers = [p.answer for p in prompts for _ in range(rc.group_size)]
-    t0 = time.perf_counter()
-    scored = reward_fn(gen.texts, answers)
-    t_score = time.perf_counter() - t0
-    rewards = torch.tensor(scored.scores, dtype=torch.float32)
+
+    def sample_round(n_prompts: int):
+        prompts = sampler.take(n_prompts)
+        t0 = time.perf_counter()
+        gen = generate(
+            sampling_model, tokenizer, [p.text for p in prompts], group_size=rc.group_size,
+            temperature=rc.temperature, top_p=rc.top_p, max_new_tokens=rc.max_new_tokens, batch_size=rc.batch_size,
+            record_log_prob=record_rollout, engine=rc.engine, max_batch_tokens=rc.max_batch_tokens,
+        )
+        times["time/generate"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        scored = score_groups(reward_fn, gen.texts, prompts, rc.group_size)
+        times["time/score"] += time.perf_counter() - t0
+        return gen, scored
+
+    gen, scored, rewards, shaping = collect_groups(sample_round, config, tokenizer.pad_token_id)
+    sampling_model = None  # free the copy before the behaviour pass
+    t_generate, t_score = times["time/generate"], times["time/score"]
     advantages, zero_variance = group_advantages(rewards, rc.group_size)
     t0 = time.perf_counter()
     with _compute(config, model):
@@ -210,8 +220,11 @@ def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_vers
     }
     for key, count in scored.counts.items():
         info[f"rollout/count_{key}"] = float(count)
+    info.update(shaping)
+    response_mask = mask_truncated(gen.response_mask, gen.truncated) \
+        if config.algorithm.mask_truncated_completions else gen.response_mask
     return RolloutBatch(
-        input_ids=gen.input_ids, attention_mask=gen.attention_mask, response_mask=gen.response_mask,
+        input_ids=gen.input_ids, attention_mask=gen.attention_mask, response_mask=response_mask,
         old_log_prob=old_log_prob, advantages=advantages, rewards=rewards, policy_version=policy_version,
         rollout_log_prob=gen.rollout_log_prob, info=info, pad_token_id=tokenizer.pad_token_id,
     )
@@ -263,8 +276,10 @@ def _current_log_prob(model, micro, config, with_grad: bool):
         )
 
 
-def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch.Tensor, state: LoopState):
-    """One optimizer update on the mini-batch ``rows`` of ``batch``; returns its metrics and diagnostics."""
+def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch.Tensor, state: LoopState,
+           loss_terms=None):
+    """One optimizer update on the mini-batch ``rows`` of ``batch``; returns its metrics and diagnostics.
+    ``loss_terms`` (:mod:`stalerl.training.loss_terms`) adds the KL and entropy terms when set."""
     device = next(model.parameters()).device
     micro_rows = _micro_batches(batch, rows, config)
     micros = [_slice(batch, r, device) for r in micro_rows]
@@ -293,6 +308,10 @@ def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch
             rollout_log_prob=micro.get("rollout_log_prob"), batch_stats=stats,
         )
         loss = out.loss
+        if loss_terms is not None:
+            extra, extra_metrics = loss_terms(micro, log_prob, entropy, stats, objective.config.loss_agg_mode,
+                                              objective.config.loss_scale_factor)
+            loss, out.metrics = loss + extra, {**out.metrics, **extra_metrics}
         if not torch.isfinite(loss):
             finite = False
             break
@@ -421,6 +440,8 @@ def _train(config: TrainConfig, run_dir: Path, resume_from: Path | None, progres
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas), weight_decay=config.optim.weight_decay,
     )
+    scheduler = build_scheduler(optimizer, config.optim, total_updates=config.steps * config.optim.mini_batches)
+    loss_terms = build_loss_terms(config, model, model_path)
     buffer = StaleBuffer(config.stale.staleness, config.optim.mini_batches)
     reward_fn = _make_reward(config)
     record_rollout = objective.requires_rollout_log_prob or getattr(objective.config, "reference", "") == "rollout"
@@ -429,12 +450,14 @@ def _train(config: TrainConfig, run_dir: Path, resume_from: Path | None, progres
     if resume_from is not None:
         saved = ckpt.load_state(resume_from)
         optimizer.load_state_dict(saved["optimizer"])
+        if "scheduler" in saved:
+            scheduler.load_state_dict(saved["scheduler"])
         buffer.load_state_dict(saved["buffer"])
         objective.load_state_dict(saved["objective"])
         sampler.load_state_dict(saved["sampler"])
         state = LoopState(**saved["loop"])
         set_rng_state(saved["rng"])
-    logger = RunLogger(run_dir, tensorboard=config.tensorboard, resume_step=state.step if resume_from else None)
+    logger = make_run_logger(run_dir, config, resume_step=state.step if resume_from else None)
     bar = _progress_bar(config.steps, state.step, progress)
     crashed_at, crash_reason = None, None
     last: dict[str, Any] = {}
@@ -476,7 +499,9 @@ def _train(config: TrainConfig, run_dir: Path, resume_from: Path | None, progres
             order = torch.randperm(len(batch))
             update_metrics = []
             for rows in order.chunk(m):
-                metrics, diag = update(config, model, optimizer, objective, batch, rows, state)
+                metrics, diag = update(config, model, optimizer, objective, batch, rows, state, loss_terms=loss_terms)
+                metrics["train/lr"] = scheduler.get_last_lr()[0]
+                scheduler.step()
                 metrics["train/staleness"] = float(state.updates - 1 - batch.policy_version)
                 logger.log_update({"step": state.step + 1, "update": state.updates - 1, **metrics})
                 logger.log_diagnostics({"step": state.step + 1, "update": state.updates - 1, **diag})
@@ -515,7 +540,7 @@ def _train(config: TrainConfig, run_dir: Path, resume_from: Path | None, progres
             if (config.checkpoint_every and state.step % config.checkpoint_every == 0) or state.step == config.steps:
                 if rollouts is not None:
                     rollouts.before_checkpoint(sampler, state)  # received batches + sampler state
-                _save(checkpoint_root, state, model, tokenizer, optimizer, buffer, objective, sampler, config)
+                _save(checkpoint_root, state, model, tokenizer, optimizer, buffer, objective, sampler, config, scheduler)
     except TrainingCrashed as err:
         crashed_at, crash_reason = state.step + 1, str(err)
         logger.log_event({"event": "crash", "step": crashed_at, "reason": crash_reason, "updates": state.updates})
@@ -561,7 +586,7 @@ def _make_reward(config):
                       memory_limit_mb=rc.memory_limit_mb)
 
 
-def _save(root, state, model, tokenizer, optimizer, buffer, objective, sampler, config) -> None:
+def _save(root, state, model, tokenizer, optimizer, buffer, objective, sampler, config, scheduler=None) -> None:
     payload = {
         "optimizer": optimizer.state_dict(),
         "objective": objective.state_dict(),
@@ -570,6 +595,8 @@ def _save(root, state, model, tokenizer, optimizer, buffer, objective, sampler, 
         "rng": rng_state(),
         "config": to_dict(config),
     }
+    if scheduler is not None:
+        payload["scheduler"] = scheduler.state_dict()
     ckpt.save_checkpoint(root, state.step, model, tokenizer, payload, keep=config.keep_checkpoints, buffer=buffer)
 
 
