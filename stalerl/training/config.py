@@ -201,6 +201,20 @@ class EvalConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """Threads of the run's processes (see :mod:`stalerl.runtime` and docs/PERFORMANCE.md, "Threads")."""
+
+    threads: int | None = None
+    """torch intra-op threads of each of the run's torch processes (the trainer and, with
+    ``stale.mode=async``, the rollout worker). None = ``runtime.cores`` divided among those
+    processes (sync: all of them; async: the trainer gets the larger half)."""
+    cores: int | None = None
+    """Cores the run may use; None = ``$OMP_NUM_THREADS`` when it is set, else the cores this
+    process may run on (its CPU affinity, e.g. ``taskset``). ``stalerl reproduce --jobs J`` gives
+    each of its J parallel runs ``cores // J``."""
+
+
+@dataclass
 class TrainConfig:
     """Everything ``stalerl train`` needs."""
 
@@ -228,6 +242,7 @@ class TrainConfig:
     """Write PNG learning curves into the run directory at the end."""
     progress: bool = True
     """Show a progress bar."""
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 # ---------------------------------------------------------------------------- loading
@@ -366,6 +381,9 @@ def validate(config: TrainConfig) -> None:
         "eval.samples": config.eval.samples,
         "steps": config.steps,
     }
+    for key, value in {"runtime.threads": config.runtime.threads, "runtime.cores": config.runtime.cores}.items():
+        if value is not None:
+            positive[key] = value
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")

@@ -37,6 +37,7 @@ import yaml
 from stalerl import objectives
 from stalerl.data.prompts import PromptSampler, build_prompts
 from stalerl.rollout.generation import behaviour_log_probs, generate
+from stalerl.runtime import choose_threads, set_threads
 from stalerl.staleness.buffer import RolloutBatch, StaleBuffer
 from stalerl.training import checkpoint as ckpt
 from stalerl.training.advantages import group_advantages
@@ -340,6 +341,7 @@ def evaluate(config, model, tokenizer, prompts, reward_fn, step: int) -> dict[st
 def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bool | None = None) -> RunResult:
     """Run ``stalerl train``; returns a :class:`RunResult` (a crash is a result, not an exception)."""
     validate(config)
+    _set_threads(config)
     progress = config.progress if progress is None else progress
     run_dir = Path(resume) if resume else Path(config.run_dir) if config.run_dir else default_run_dir(config)
     checkpoint_root = run_dir / "checkpoints"
@@ -493,6 +495,13 @@ def _make_reward(config):
         return load_reward_fn(rc.function)
     return MathReward(format_score=rc.format_score, num_workers=rc.num_workers, timeout_s=rc.timeout_s,
                       memory_limit_mb=rc.memory_limit_mb)
+
+
+def _set_threads(config: TrainConfig) -> int:
+    """Size this process's torch threads once, before the model loads (:mod:`stalerl.runtime`):
+    the trainer is process 0 of the run's 1 (sync) or 2 (async, with the rollout worker)."""
+    processes = 2 if config.stale.mode == "async" else 1
+    return set_threads(choose_threads(processes=processes, threads=config.runtime.threads, cores=config.runtime.cores))
 
 
 def _save(root, state, model, tokenizer, optimizer, buffer, objective, sampler, config) -> None:
