@@ -23,8 +23,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from stalerl import objectives  # the public contract: stalerl.objectives.build
-from stalerl._lazy import lazy_exports
+from stalerl import runtime as _runtime  # standard library only
+
+# OpenMP threads that sleep while they wait instead of spinning on a core another process needs;
+# read once when torch loads its OpenMP runtime, so before the imports below (docs/PERFORMANCE.md)
+_runtime.passive_waits()
+
+from stalerl import objectives  # noqa: E402  (the public contract: stalerl.objectives.build)
+from stalerl._lazy import lazy_exports  # noqa: E402
 
 __version__ = "0.1.0"
 

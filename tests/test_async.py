@@ -35,6 +35,12 @@ import os
 
 def reward(completions, answers):
     return [float(len(c) % 2) for c in completions]
+def threads(completions, answers):
+    import torch
+
+    with open(os.environ["STALERL_TEST_THREADS_FILE"], "a") as f:
+        f.write(f"{os.getpid()} {torch.get_num_threads()}\\n")
+    return [float(len(c) % 2) for c in completions]
 def failing(completions, answers):
     n = int(os.environ.get("STALERL_TEST_FAIL_AFTER", "0"))
     path = os.environ["STALERL_TEST_FAIL_COUNTER"]
@@ -214,3 +220,19 @@ def test_worker_error_reaches_trainer_and_worker_exits(async_env, tmp_path, monk
         train(_config(async_env, run, reward="failing"))
     (pid,) = _worker_pids(run)
     _assert_gone(pid)
+
+
+def test_worker_runs_on_the_threads_it_was_given(async_env, tmp_path, monkeypatch, one_thread):
+    """runtime.cores=7 split between the two processes: 4 for the trainer, 3 for the worker, read
+    inside the worker by its reward function."""
+    from stalerl.training.loop import train
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = tmp_path / "threads.txt"
+    monkeypatch.setenv("STALERL_TEST_THREADS_FILE", str(seen))
+    result = train(_config(async_env, tmp_path / "run", "steps=2", "runtime.cores=7", reward="threads"))
+    assert result.crashed_at is None
+    assert torch.get_num_threads() == 4
+    counts = {tuple(map(int, line.split())) for line in seen.read_text().splitlines()}
+    assert {pid for pid, _ in counts} == set(_worker_pids(tmp_path / "run"))  # scored in the worker only
+    assert {n for _, n in counts} == {3}

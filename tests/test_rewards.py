@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -158,6 +159,17 @@ def test_verifier_memory_limit():
         res = v.verify_batch(["memory", "q"], ["x", "Q"])
     assert res[0].status == "error" and not res[0].correct
     assert res[1].correct
+
+
+def test_verifier_worker_runs_one_thread_without_torch(tmp_path, monkeypatch):
+    # the trainer's own thread setting must not reach the workers: a check is one Python thread
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    out = tmp_path / "worker.json"
+    # (a long timeout: this check imports math-verify, which a real worker does before it is ready)
+    with MathVerifier(num_workers=1, timeout_s=120, _check_fn=f"{FIXTURES / 'verifier_checks.py'}:report_environment") as v:
+        assert v.verify(str(out), "anything").status == "ok"
+    assert json.loads(out.read_text()) == {"os_threads": 1, "torch_imported": False, "OMP_NUM_THREADS": "1",
+                                           "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
 def test_verifier_close_is_idempotent():

@@ -300,3 +300,29 @@ def test_every_claim_is_documented_in_reproduction_md():
     for study in d.STUDIES.values():
         for claim in study.claims:
             assert f"| {claim.text} | {claim.paper} | {claim.statistic} |" in text, claim.text
+
+
+def test_jobs_share_the_cores_and_a_derived_condition_waits(tmp_path, tiny_overrides, monkeypatch):
+    """--jobs 2 with 2 cores for the study: each run is a subprocess given runtime.cores = 2 // 2
+    (the default is None); the derived condition starts once both runs before it have finished."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the cores the study may use
+    seen: dict[str, int] = {}
+
+    def derive(stats):
+        seen.update({name: len(runs) for name, runs in stats.items()})
+        return {}
+
+    base = d.STUDIES["mispo-mechanism"]
+    study = d.Study(name="jobs-test", seed_file=base.seed_file, title="jobs", claims=[],
+                    conditions=[*base.conditions[:2], d.Condition("derived", "mispo", derive=derive)],
+                    paper_scale=base.paper_scale)
+    monkeypatch.setitem(d.STUDIES, "jobs-test", study)
+    overrides = [o for o in tiny_overrides() if o.startswith(("model.path", "reward.function"))]
+    out = reproduce("jobs-test", out=tmp_path / "jobs", quick=True, overrides=overrides, progress=False, jobs=2)
+    assert seen == {"mispo": 1, "mispo_token_only": 1}
+    for name in ("mispo", "mispo_token_only", "derived"):
+        run = out / "runs" / f"{name}-seed0"
+        assert (run / "summary.json").exists() and (run / "train.log").exists()
+        assert load_config(run / "config.yaml").runtime.cores == 1
+    with pytest.raises(ValueError, match="--jobs must be >= 1"):
+        reproduce("jobs-test", out=tmp_path / "jobs", quick=True, jobs=0)

@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, help="number of seeds per condition")
     p.add_argument("--out", default=None, help="output directory (default: studies/<study>)")
     p.add_argument("--dry-run", action="store_true", help="print the stalerl train command of every run, run nothing")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at once, in parallel processes sharing the cores (each gets cores // jobs)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every condition")
     p.set_defaults(func=_cmd_reproduce)
 

@@ -19,6 +19,11 @@ their stdin/stdout. Unlike ``multiprocessing`` "spawn" they do not re-import the
 ``__main__`` script (so a training script without an ``if __name__ == "__main__"`` guard is
 fine) and they do not import ``stalerl`` or ``torch``: a worker starts in about half a second and
 uses some 100 MB. For that reason this module imports only the standard library at top level.
+A check is single-threaded Python (sympy), so each worker runs on one OS thread, with
+``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` set to 1 in its environment
+(:func:`stalerl.runtime.single_thread_env`) in case a user check function loads a numeric
+library; ``tests/test_rewards.py::test_verifier_worker_runs_one_thread_without_torch`` checks
+both inside a worker.
 
 POSIX only (``resource`` and ``select`` on pipes).
 """
@@ -450,7 +455,9 @@ class MathVerifier:
             str(inner),
             _check_spec(_check_fn),
         ]
-        env = dict(os.environ)
+        from stalerl.runtime import single_thread_env
+
+        env = single_thread_env()  # a check needs one thread; no numeric library may start a pool
         # Let a user check function resolve the same modules as this process.
         paths = [p for p in sys.path if p]
         if env.get("PYTHONPATH"):

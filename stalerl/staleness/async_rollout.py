@@ -56,8 +56,12 @@ so async resume is valid but not bit-exact (exact resume is guaranteed in sync m
 
 Threads
 -------
-The two processes share the machine's cores: on CPU the trainer keeps ``ceil(n/2)`` intra-op
-threads and the worker gets the rest (1 and 1 on 2 cores), see :func:`split_threads`.
+The two processes share the run's cores (``runtime.cores``, else ``$OMP_NUM_THREADS``, else the
+CPU affinity): the trainer keeps ``ceil(n/2)`` intra-op threads and the worker gets the rest (1
+and 1 on 2 cores), unless ``runtime.threads`` fixes the count of each
+(:func:`stalerl.runtime.choose_threads`; the loop sets the trainer's, the worker sets its own
+first thing). ``tests/test_async.py::test_worker_runs_on_the_threads_it_was_given`` reads the
+count inside the worker.
 
 Shutdown
 --------
@@ -93,6 +97,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as tmp
 
+from stalerl.runtime import available_cores, choose_threads, set_threads, split_cores
 from stalerl.staleness.buffer import RolloutBatch, StaleBuffer
 from stalerl.training.precision import DTYPES
 
@@ -132,10 +137,10 @@ def min_policy_version(batch_index: int, staleness: int, mini_batches: int) -> i
 
 
 def split_threads(n_cpu: int | None = None) -> tuple[int, int]:
-    """Intra-op threads ``(trainer, worker)`` for two processes sharing ``n_cpu`` cores."""
-    n = n_cpu or os.cpu_count() or 1
-    trainer = max(1, (n + 1) // 2)
-    return trainer, max(1, n - trainer)
+    """Intra-op threads ``(trainer, worker)`` for two processes sharing ``n_cpu`` cores (default:
+    the cores this process may run on)."""
+    trainer, worker = split_cores(n_cpu or available_cores(), 2)
+    return trainer, worker
 
 
 # ============================================================================ snapshots
@@ -225,7 +230,7 @@ def _worker_main(config, model_path: str, start_batch: int, end_batch: int, samp
     reward_fn = None
     try:
         os.setpgid(0, 0)  # its own process group: the trainer can stop it with its verifier workers
-        torch.set_num_threads(max(1, threads))
+        set_threads(threads)
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -457,9 +462,9 @@ class AsyncRollouts:
         self.buffer = buffer
         self.staleness = config.stale.staleness
         self.mini_batches = config.optim.mini_batches
-        on_cpu = next(model.parameters()).device.type == "cpu"
-        trainer_threads, worker_threads = split_threads() if on_cpu else (torch.get_num_threads(), 1)
-        torch.set_num_threads(trainer_threads)
+        # the trainer's own threads were set by the loop (process 0 of 2); the worker is process 1
+        worker_threads = choose_threads(processes=2, index=1, threads=config.runtime.threads,
+                                        cores=config.runtime.cores)
         self.sampler_state = sampler.state_dict()  # state after the last *received* batch
         self.received = state.generated_batches      # == index of the next batch to receive
         self.next_index = state.step                  # index of the next batch to consume

@@ -11,12 +11,22 @@ Output directory (default ``studies/<study>``)::
 A run whose ``summary.json`` exists is reused, and a half-done run resumes from its newest checkpoint
 (or starts over if it had none), so an interrupted study continues where it stopped.
 All conditions share the cached warm-start of the testbed model.
+
+``--jobs J`` runs up to J of the runs at once, each a ``stalerl train`` subprocess (its output in
+``runs/<run>/train.log``) given ``runtime.cores = cores // J`` (the cores of ``runtime.cores``,
+else ``$OMP_NUM_THREADS``, else this process's CPU affinity, divided among the J runs, at least
+one each), so that the runs share the cores instead of each taking all of them
+(:mod:`stalerl.runtime`). A condition whose hyperparameters are derived from earlier conditions
+starts once those have finished.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -189,13 +199,12 @@ def _num(x) -> str:
 
 def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = False, scale: str = "testbed",
               seeds: int | None = None, overrides: list[str] | None = None, dry_run: bool = False,
-              progress: bool = True) -> Path:
-    """Run (or resume) a study; returns its output directory."""
-    from stalerl.training.config import load_config
-    from stalerl.training.loop import train
-
+              progress: bool = True, jobs: int = 1) -> Path:
+    """Run (or resume) a study, ``jobs`` runs at a time; returns its output directory."""
     if study_name not in STUDIES:
         raise ValueError(f"unknown study {study_name!r}; available: {', '.join(STUDIES)}")
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
     study = STUDIES[study_name]
     out = Path(out) if out else Path("studies") / (study_name + ("-quick" if quick else ""))
     seeds = seeds if seeds is not None else (1 if quick else study.seeds)
@@ -224,26 +233,100 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
         if not torch.cuda.is_available():
             raise ValueError("--scale paper trains Qwen3-1.7B-Base and needs a GPU (and network access to the hub "
                              "for the model and DeepScaleR); use --dry-run to print the commands")
-    stats: dict[str, list[dict[str, Any]]] = {}
-    for i, (condition, seed, run_dir, args) in enumerate(plan, 1):
-        if condition.derive is not None:  # hyperparameters from the conditions run before this one
-            derived = replace(condition, hparams=condition.derive(stats))
-            args = condition_overrides(study, derived, scale=scale, quick=quick, seed=seed, run_dir=run_dir,
-                                       extra=overrides or [])
-            plan[i - 1] = (derived, seed, run_dir, args)
-            _write_plan(out, plan)
-        if not (run_dir / "summary.json").exists():
-            print(f"[{study_name}] {i}/{len(plan)}: {condition.name} seed {seed}")
-            config = load_config(None, args + ([] if progress else ["progress=false"]))
-            # a run an interrupted study left half done continues from its newest checkpoint (or
-            # starts over when it had none), so its logs stay one history
-            train(config, resume=run_dir if is_run(run_dir) else None)
-        stats.setdefault(condition.name, []).append(run_stats(run_dir))
+    runner = _Runner(jobs, progress)
+    try:
+        for i, (condition, seed, run_dir, args) in enumerate(plan, 1):
+            if condition.derive is not None:  # hyperparameters from the conditions run before this one
+                runner.wait_all()
+                derived = replace(condition, hparams=condition.derive(_plan_stats(plan[:i - 1])))
+                args = condition_overrides(study, derived, scale=scale, quick=quick, seed=seed, run_dir=run_dir,
+                                           extra=overrides or [])
+                plan[i - 1] = (derived, seed, run_dir, args)
+                _write_plan(out, plan)
+            if not (run_dir / "summary.json").exists():
+                print(f"[{study_name}] {i}/{len(plan)}: {condition.name} seed {seed}", flush=True)
+                runner.run(args, run_dir)
+        runner.wait_all()
+    finally:
+        runner.stop()
+    stats = _plan_stats(plan)
     rows = verdicts(study, stats)
     write_verdicts(out, study, rows, stats, seeds, quick)
     _report(out, [d for _, _, d, _ in plan], study.title)
     print((out / "verdicts.md").read_text())
     return out
+
+
+def _plan_stats(plan) -> dict[str, list[dict[str, Any]]]:
+    """Per condition, the statistics of its finished runs, in the order of the plan."""
+    stats: dict[str, list[dict[str, Any]]] = {}
+    for condition, _, run_dir, _ in plan:
+        stats.setdefault(condition.name, []).append(run_stats(run_dir))
+    return stats
+
+
+class _Runner:
+    """Runs ``stalerl train`` runs: in this process one after the other (``jobs=1``), or up to
+    ``jobs`` subprocesses at once, each given its share of the cores (``runtime.cores``)."""
+
+    def __init__(self, jobs: int, progress: bool) -> None:
+        from stalerl.runtime import run_cores
+
+        self.jobs = jobs
+        self.progress = progress
+        self.cores = max(1, run_cores() // jobs)
+        self.running: list[tuple[subprocess.Popen, Path]] = []
+
+    def run(self, args: list[str], run_dir: Path) -> None:
+        if self.jobs == 1:
+            from stalerl.training.config import load_config
+            from stalerl.training.loop import train
+
+            # a run an interrupted study left half done continues from its newest checkpoint (or
+            # starts over when it had none), so its logs stay one history
+            train(load_config(None, args + ([] if self.progress else ["progress=false"])),
+                  resume=run_dir if is_run(run_dir) else None)
+            return
+        while len(self.running) >= self.jobs:
+            self._wait_one()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # the share of the cores comes first, so that a runtime.cores given by the user wins
+        resume = ["--resume", str(run_dir)] if is_run(run_dir) else []  # a half-done run continues
+        cmd = [sys.executable, "-m", "stalerl", "train", *resume, f"runtime.cores={self.cores}", *args,
+               "progress=false"]
+        with open(run_dir / "train.log", "w") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.running.append((proc, run_dir))
+
+    def _wait_one(self) -> None:
+        """Wait for the first of the running runs to end."""
+        while not any(proc.poll() is not None for proc, _ in self.running):
+            time.sleep(0.2)
+        proc, run_dir = next((p, d) for p, d in self.running if p.returncode is not None)
+        self.running.remove((proc, run_dir))
+        if proc.returncode in (0, 3):  # 3: the run crashed, a result recorded in its summary
+            return
+        lines = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()
+        message = (f"stalerl train for {run_dir} failed (exit code {proc.returncode}): "
+                   f"{lines[-1] if lines else 'no output'}; its output is in {run_dir / 'train.log'}")
+        # exit code 2: the run's own configuration was wrong, a user error like in this process
+        raise ValueError(message) if proc.returncode == 2 else RuntimeError(message)
+
+    def wait_all(self) -> None:
+        while self.running:
+            self._wait_one()
+
+    def stop(self) -> None:
+        """Terminate the runs still going (after an error or an interrupt)."""
+        for proc, _ in self.running:
+            proc.terminate()
+        for proc, _ in self.running:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.running = []
 
 
 def _write_plan(out: Path, plan) -> None:
@@ -272,7 +355,7 @@ def verdicts_from_stats(study_name: str, stats_file: str | Path) -> list[dict[st
 
 def main(args) -> int:
     reproduce(args.study, out=args.out, quick=args.quick, scale=args.scale, seeds=args.seeds,
-              overrides=args.overrides, dry_run=getattr(args, "dry_run", False))
+              overrides=args.overrides, dry_run=getattr(args, "dry_run", False), jobs=getattr(args, "jobs", 1))
     return 0
 
 

@@ -379,6 +379,20 @@ class AlgorithmConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """Threads of the run's processes (see :mod:`stalerl.runtime` and docs/PERFORMANCE.md, "Threads")."""
+
+    threads: int | None = checked(None, at_least(1))
+    """torch intra-op threads of each of the run's torch processes (the trainer and, with
+    ``stale.mode=async``, the rollout worker). None = ``runtime.cores`` divided among those
+    processes (sync: all of them; async: the trainer gets the larger half)."""
+    cores: int | None = checked(None, at_least(1))
+    """Cores the run may use; None = ``$OMP_NUM_THREADS`` when it is set, else the cores this
+    process may run on (its CPU affinity, e.g. ``taskset``). ``stalerl reproduce --jobs J`` gives
+    each of its J parallel runs ``cores // J``."""
+
+
+@dataclass
 class TrainConfig:
     """Everything ``stalerl train`` needs."""
 
@@ -415,6 +429,7 @@ class TrainConfig:
     stays as the older switch). W&B runs offline with ``WANDB_MODE=offline``."""
     wandb_project: str = "stalerl"
     """W&B project of the run (the run is named after the run directory)."""
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
 # ---------------------------------------------------------------------------- loading

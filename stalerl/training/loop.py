@@ -37,6 +37,7 @@ from stalerl import objectives
 from stalerl.data.prompts import PromptSampler, build_prompts, prompt_limits
 from stalerl.objectives.core import Stat
 from stalerl.rollout.generation import behaviour_log_probs, generate
+from stalerl.runtime import choose_threads, set_threads
 from stalerl.staleness.buffer import RolloutBatch, StaleBuffer
 from stalerl.training import checkpoint as ckpt
 from stalerl.training import precision, rundir
@@ -407,6 +408,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bo
     Nothing is written before the command is known valid (:func:`stalerl.training.rundir.prepare`),
     and the run directory has one writer at a time (:class:`~stalerl.training.rundir.RunLock`)."""
     validate(config)
+    _set_threads(config)
     resolve_device(config.model.device)
     run_dir, resume_from, restart = rundir.prepare(config, resume, default_run_dir(config))
     rundir.warn_unused_staleness(config)
@@ -584,6 +586,13 @@ def _make_reward(config):
         return load_reward_fn(rc.function)
     return MathReward(format_score=rc.format_score, num_workers=rc.num_workers, timeout_s=rc.timeout_s,
                       memory_limit_mb=rc.memory_limit_mb)
+
+
+def _set_threads(config: TrainConfig) -> int:
+    """Size this process's torch threads once, before the model loads (:mod:`stalerl.runtime`):
+    the trainer is process 0 of the run's 1 (sync) or 2 (async, with the rollout worker)."""
+    processes = 2 if config.stale.mode == "async" else 1
+    return set_threads(choose_threads(processes=processes, threads=config.runtime.threads, cores=config.runtime.cores))
 
 
 def _save(root, state, model, tokenizer, optimizer, buffer, objective, sampler, config, scheduler=None) -> None:
