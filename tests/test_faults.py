@@ -120,10 +120,10 @@ def test_lock_is_released_when_the_run_fails(make_config, tmp_path, monkeypatch)
 def _interrupt_at(monkeypatch, update_index: int) -> None:
     real = loop.update
 
-    def ctrl_c(config, model, optimizer, objective, batch, rows, state):
+    def ctrl_c(config, model, optimizer, objective, batch, rows, state, **kwargs):
         if state.updates == update_index:
             raise KeyboardInterrupt
-        return real(config, model, optimizer, objective, batch, rows, state)
+        return real(config, model, optimizer, objective, batch, rows, state, **kwargs)
 
     monkeypatch.setattr(loop, "update", ctrl_c)
 
@@ -259,12 +259,12 @@ def test_worker_killed_by_sigkill_ends_the_run_in_one_line(tiny_overrides, tmp_p
     real = loop.update
     killed = {}
 
-    def kill_worker_at_update_2(config, model, optimizer, objective, batch, rows, state):
+    def kill_worker_at_update_2(config, model, optimizer, objective, batch, rows, state, **kwargs):
         if state.updates == 2 and not killed:
             killed["pid"] = _worker_pid(run)
             os.kill(killed["pid"], signal.SIGKILL)  # what the kernel's OOM killer does
             killed["at"] = time.monotonic()
-        return real(config, model, optimizer, objective, batch, rows, state)
+        return real(config, model, optimizer, objective, batch, rows, state, **kwargs)
 
     monkeypatch.setattr(loop, "update", kill_worker_at_update_2)
     rc = cli_main(["train", *_async(tiny_overrides, run)])

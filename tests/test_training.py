@@ -532,9 +532,9 @@ def stale_batch(tiny_testbed):
 
     batch = loop.make_rollout_batch(config, model, tokenizer, PromptSampler(prompts, seed=0), Reward(), 0, True)
     g = torch.Generator().manual_seed(1)
-    mask = batch.response_mask.float()
-    batch.old_log_prob = batch.old_log_prob + 0.05 * torch.randn(batch.old_log_prob.shape, generator=g) * mask
-    batch.rollout_log_prob = batch.old_log_prob + 0.05 * torch.randn(batch.old_log_prob.shape, generator=g) * mask
+    flat = batch.old_log_prob_flat  # one entry per response token (the buffer stores them unpadded)
+    batch.old_log_prob_flat = flat + 0.05 * torch.randn(flat.shape, generator=g)
+    batch.rollout_log_prob_flat = batch.old_log_prob_flat + 0.05 * torch.randn(flat.shape, generator=g)
     return config, batch
 
 

@@ -48,11 +48,13 @@ class RolloutBatch:
     def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor,
                  old_log_prob: torch.Tensor, advantages: torch.Tensor, rewards: torch.Tensor, policy_version: int,
                  rollout_log_prob: torch.Tensor | None = None, info: dict[str, Any] | None = None,
-                 pad_token_id: int = 0) -> None:
+                 pad_token_id: int = 0, loss_rows: torch.Tensor | None = None) -> None:
         """Pack a padded batch: ``input_ids``/``attention_mask`` ``(N, L + R)`` (prompt left-padded,
         response right-padded), ``response_mask``/``old_log_prob``/``rollout_log_prob`` ``(N, R)``,
         ``advantages``/``rewards`` ``(N,)``. The response part of ``attention_mask`` is
-        ``response_mask``; ``pad_token_id`` fills the padding when micro-batches are rebuilt."""
+        ``response_mask``; ``pad_token_id`` fills the padding when micro-batches are rebuilt.
+        ``loss_rows`` ``(N,)`` bool: rows that count in the loss (None: all); a row outside it keeps
+        its tokens but gets an all-zero ``response_mask`` (TRL's ``mask_truncated_completions``)."""
         R = response_mask.shape[1]
         L = input_ids.shape[1] - R
         prompt_mask = attention_mask[:, :L].bool()
@@ -74,11 +76,12 @@ class RolloutBatch:
         self.policy_version = int(policy_version)
         self.info = dict(info or {})  # generation-time metrics, logged when the batch is made
         self.pad_token_id = int(pad_token_id)
+        self.loss_rows = None if loss_rows is None else loss_rows.to(torch.bool)
 
     # ------------------------------------------------------------------ storage
 
     _TENSORS = ("tokens", "old_log_prob_flat", "rollout_log_prob_flat", "prompt_lengths", "response_lengths",
-                "advantages", "rewards")
+                "advantages", "rewards", "loss_rows")
 
     @property
     def nbytes(self) -> int:
@@ -120,17 +123,24 @@ class RolloutBatch:
         src = (s + p - L)[:, None] + col
         ids = self.tokens[src.clamp(0, max(self.num_tokens - 1, 0))].long()
         response_mask = (torch.arange(R) < r[:, None]).long()
+        if self.loss_rows is not None:
+            response_mask = response_mask * self.loss_rows[index].long()[:, None]
         rsrc = (rs[:, None] + torch.arange(R)).clamp(0, max(self.old_log_prob_flat.numel() - 1, 0))
         out = {
             "input_ids": torch.where(valid, ids, torch.full_like(ids, self.pad_token_id)),
             "attention_mask": valid.long(),
             "response_mask": response_mask,
-            "old_log_prob": self.old_log_prob_flat[rsrc] * response_mask,
+            "old_log_prob": self._gather(self.old_log_prob_flat, rsrc) * response_mask,
             "advantages": self.advantages[index],
         }
         if self.rollout_log_prob_flat is not None:
-            out["rollout_log_prob"] = self.rollout_log_prob_flat[rsrc] * response_mask
+            out["rollout_log_prob"] = self._gather(self.rollout_log_prob_flat, rsrc) * response_mask
         return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+    @staticmethod
+    def _gather(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``flat[index]``, zeros where ``flat`` is empty (a batch whose responses are all empty)."""
+        return flat[index] if flat.numel() else torch.zeros(index.shape, dtype=flat.dtype)
 
     def _padded(self, key: str) -> torch.Tensor:
         return self.micro_batch(torch.arange(len(self)))[key]

@@ -23,8 +23,9 @@ model while they make a batch).
   The rewards compared are the shaped ones (after the overlong penalty): those are what the
   advantages are computed from.
 * **Masking truncated completions** (TRL's ``mask_truncated_completions``; DAPO section 3.4
-  "overlong filtering"): the ``response_mask`` of a response that hit ``max_new_tokens`` without
-  EOS is zeroed, so it is left out of the loss (it still counts in its group's advantage).
+  "overlong filtering"): a response that hit ``max_new_tokens`` without EOS is left out of the
+  loss (``RolloutBatch.loss_rows``: its ``response_mask`` is zero, its tokens stay), and it still
+  counts in its group's advantage.
 """
 
 from __future__ import annotations
@@ -37,8 +38,7 @@ import torch
 
 from stalerl.rollout.generation import Generation
 
-__all__ = ["score_groups", "overlong_penalty", "equal_reward_groups", "select_rows", "concat_generations", "collect_groups",
-           "mask_truncated"]
+__all__ = ["score_groups", "overlong_penalty", "equal_reward_groups", "select_rows", "concat_generations", "collect_groups"]
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,3 @@ def collect_groups(sample_round: Callable[[int], tuple[Generation, object]], con
     if ac.overlong_buffer_len:
         info["rollout/overlong_penalty_mean"] = torch.cat(penalties).mean().item()
     return gen, scored, torch.cat([k[2] for k in kept]), info
-
-
-def mask_truncated(response_mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
-    """``response_mask`` with the rows of truncated responses zeroed (TRL's ``mask_truncated_completions``)."""
-    return response_mask * (~truncated).to(response_mask.dtype).unsqueeze(1)

@@ -43,7 +43,7 @@ from stalerl.training import checkpoint as ckpt
 from stalerl.training import precision, rundir
 from stalerl.training.advantages import group_advantages
 from stalerl.training.config import ConfigError, TrainConfig, to_dict, validate
-from stalerl.training.groups import collect_groups, mask_truncated, score_groups
+from stalerl.training.groups import collect_groups, score_groups
 from stalerl.training.logger import EVAL_PROBLEMS_KEY, make_run_logger, read_jsonl
 from stalerl.training.logprobs import completion_log_probs
 from stalerl.training.loss_terms import build_loss_terms
@@ -222,12 +222,11 @@ def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_vers
     for key, count in scored.counts.items():
         info[f"rollout/count_{key}"] = float(count)
     info.update(shaping)
-    response_mask = mask_truncated(gen.response_mask, gen.truncated) \
-        if config.algorithm.mask_truncated_completions else gen.response_mask
+    loss_rows = ~gen.truncated if config.algorithm.mask_truncated_completions else None
     return RolloutBatch(
-        input_ids=gen.input_ids, attention_mask=gen.attention_mask, response_mask=response_mask,
+        input_ids=gen.input_ids, attention_mask=gen.attention_mask, response_mask=gen.response_mask,
         old_log_prob=old_log_prob, advantages=advantages, rewards=rewards, policy_version=policy_version,
-        rollout_log_prob=gen.rollout_log_prob, info=info, pad_token_id=tokenizer.pad_token_id,
+        rollout_log_prob=gen.rollout_log_prob, info=info, pad_token_id=tokenizer.pad_token_id, loss_rows=loss_rows,
     )
 
 
@@ -308,16 +307,16 @@ def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch
             log_prob, micro["old_log_prob"], micro["advantages"], micro["response_mask"],
             rollout_log_prob=micro.get("rollout_log_prob"), batch_stats=stats,
         )
-        loss = out.loss
+        loss, extra_metrics = out.loss, {}
         if loss_terms is not None:
             extra, extra_metrics = loss_terms(micro, log_prob, entropy, stats, objective.config.loss_agg_mode,
                                               objective.config.loss_scale_factor)
-            loss, out.metrics = loss + extra, {**out.metrics, **extra_metrics}
+            loss = loss + extra
         if not torch.isfinite(loss):
             finite = False
             break
         loss.backward()
-        parts.append(_micro_metrics(out, entropy, micro["response_mask"]))
+        parts.append(_micro_metrics(out, entropy, micro["response_mask"], extra_metrics))
         _record_diagnostics(diag, out, log_prob, micro, entropy)
 
     grad_norm = float("nan")
@@ -341,11 +340,13 @@ def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch
     return metrics, diag
 
 
-def _micro_metrics(out, entropy, response_mask) -> dict[str, Stat]:
-    """A micro-batch's metric statistics: the objective's, the token entropy and the token count."""
+def _micro_metrics(out, entropy, response_mask, token_means: dict[str, float] | None = None) -> dict[str, Stat]:
+    """A micro-batch's metric statistics: the objective's, the token entropy, the token count, and
+    ``token_means`` (the KL/entropy loss terms' per-token means) pooled weighted by tokens."""
     mask = response_mask.float()
     entropy_sum, tokens = torch.stack([(entropy.detach().float() * mask).sum(), mask.sum()]).tolist()  # one transfer
-    return {**out.stats, "train/entropy": Stat.ratio(entropy_sum, tokens), "train/tokens": Stat.total(tokens)}
+    terms = {key: Stat.ratio(value * tokens, tokens) for key, value in (token_means or {}).items()}
+    return {**out.stats, **terms, "train/entropy": Stat.ratio(entropy_sum, tokens), "train/tokens": Stat.total(tokens)}
 
 
 def _record_diagnostics(diag, out, log_prob, micro, entropy, per_micro: int = 64) -> None:
