@@ -1,4 +1,4 @@
-"""Tests of stalerl.objectives against SPEC §2.
+"""Tests of stalerl.objectives against docs/OBJECTIVES.md and the papers' equations.
 
 Expected values are computed by hand in each test (written out arithmetically), never copied
 from the implementation.

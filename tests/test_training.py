@@ -1,4 +1,4 @@
-"""Fast tests of ``stalerl train`` (SPEC §3-4, issue 3): stale-k semantics, exact resume,
+"""Fast tests of ``stalerl train`` (docs/DESIGN.md#stale-k, docs/DESIGN.md#reliability): stale-k semantics, exact resume,
 NaN handling, atomic checkpoints, config / dataset / model errors, reward edge cases.
 
 Every training run here uses the session's tiny testbed (``tests/conftest.py``), 2 prompts x 4

@@ -1,4 +1,4 @@
-"""Diagnostics of off-policy runs (SPEC §5): the seed papers' analyses as functions.
+"""Diagnostics of off-policy runs: the seed papers' analyses as functions.
 
 Every analysis is a function of plain arrays (testable on synthetic inputs), with a loader that
 reads the arrays from a run directory written by ``stalerl train``:

@@ -9,7 +9,7 @@ each field documented where it is declared) and called on one batch::
     out.extras    # detached per-trajectory / per-token tensors for diagnostics
 
 **Batch-level statistics.** M2PO's M̂2, RandomTraj's N_acc and AC-MIS-PO's quantile are taken
-over the whole optimizer mini-batch (SPEC §2). A caller that splits a mini-batch into
+over the whole optimizer mini-batch (docs/DESIGN.md#batch-statistics). A caller that splits a mini-batch into
 micro-batches computes them once with :meth:`Objective.batch_stats` (from detached current
 log-probs of the whole mini-batch, as a list of micro-batches or one tensor) and hands the result
 to every micro-batch call as ``batch_stats=``; the micro-batch losses then also share the

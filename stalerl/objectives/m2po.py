@@ -7,7 +7,7 @@ the mean M̂2 of the remaining trust-region tokens is at most ``tau`` (0.04); th
 
 averaged over *all* tokens, masked ones included (paper footnote 2).
 
-Decisions the paper leaves open (SPEC §2):
+Decisions the paper leaves open (docs/DESIGN.md#open-decisions):
 
 * Trust-region tokens are those a PPO clip could act on: (A > 0 and r > 1) or (A < 0 and r < 1);
   tokens with A = 0 never count. ``trust_region_only=False`` constrains all valid tokens.

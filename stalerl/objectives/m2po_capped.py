@@ -10,7 +10,7 @@ Python loop and one ``.item()`` per token; here it is closed form on the sorted 
 interval ``[d_j, d_j+1]`` of the sorted squares the left side is ``P_j + (N - j) c^2``, so
 ``c^2 = (tau N - P_j) / (N - j)`` for the first j where that value is <= d_j+1.
 
-Two details of the released solver are not reproduced (SPEC §2 fixes the exact solve): it returns
+Two details of the released solver are not reproduced (docs/OBJECTIVES.md states the exact solve): it returns
 the breakpoint ``sqrt(d_k-1)`` just below the exact cap, and it never clips tighter than
 ``[0.7, 1.5]`` (its ``miniclip_low=0.3``, ``miniclip_high=0.5``), which leaves the cap inactive for
 small budgets.

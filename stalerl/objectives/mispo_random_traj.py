@@ -6,7 +6,7 @@ the MIS-PO token mask. It separates *how many* trajectories are kept from *which
 RandomTraj matches or beats MIS-PO at equal acceptance, MIS-PO's trajectory filter helps by
 thinning the batch, not by picking well-behaved trajectories.
 
-Decisions (SPEC §2): ``N_acc`` and the draw are statistics of the whole optimizer mini-batch (and
+Decisions (docs/DESIGN.md#batch-statistics): ``N_acc`` and the draw are statistics of the whole optimizer mini-batch (and
 of all data-parallel ranks: every rank draws the same permutation from identically seeded
 generators and takes its slice). Only trajectories with at least one valid token are drawn. The
 generator is seeded by ``seed`` and its state is part of :meth:`state_dict`.

@@ -232,7 +232,7 @@ def behaviour_log_probs(
 ) -> torch.Tensor:
     """Log-probs of the responses under ``model`` (the training model), computed without grad.
 
-    This is how the behaviour log-probs of a generation batch are stored (SPEC §3): recomputed by
+    This is how the behaviour log-probs of a generation batch are stored (docs/DESIGN.md#stale-k): recomputed by
     the training model right after generation, as the released M2PO code does.
     """
     device = next(model.parameters()).device

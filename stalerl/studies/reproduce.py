@@ -167,7 +167,7 @@ def write_verdicts(out: Path, study: Study, rows: list[dict[str, Any]], stats, s
     (out / "verdicts.json").write_text(json.dumps(rows, indent=2))
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     lines = [f"# {study.title}", "",
-             f"Seed paper: `shared/seeds/{study.seed_file}`. {seeds} seed(s) per condition"
+             f"Seed paper: *{study.paper or study.seed_file}*. {seeds} seed(s) per condition"
              + (" — **quick mode: a smoke test, the verdicts mean nothing**." if quick else "."),
              ("Intervals are 95% paired bootstrap intervals over seeds (and held-out problems where the claim "
               "is about accuracy); verdicts: reproduced / contradicted / inconclusive."), "",
