@@ -342,7 +342,7 @@ def _report(out: Path, run_dirs: list[Path], title: str) -> None:
     try:
         build_report(run_dirs, out / "report", title=title)
     except Exception as err:  # the verdicts are written already; a figure must not lose them
-        print(f"stalerl reproduce: report failed ({err})")
+        warnings.warn(f"stalerl reproduce: report failed ({err}); verdicts.md and stats.json are written", stacklevel=2)
 
 
 def verdicts_from_stats(study_name: str, stats_file: str | Path) -> list[dict[str, Any]]:

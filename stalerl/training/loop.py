@@ -26,6 +26,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -691,4 +692,4 @@ def _plots(run_dir: Path) -> None:
     try:
         learning_curves([run_dir], run_dir / "curves.png")
     except Exception as err:  # a plot must never lose a finished run
-        print(f"stalerl: could not draw curves ({err})")
+        warnings.warn(f"stalerl: could not draw curves ({err}); the run's logs are complete", stacklevel=2)
