@@ -236,7 +236,7 @@ def test_chat_wrapping():
 
 
 def test_chat_wrapping_real_tokenizer():
-    tokenizers = pytest.importorskip("tokenizers")
+    pytest.importorskip("tokenizers")
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers
 

@@ -283,9 +283,9 @@ class Objective:
             raise ValueError("batch_stats: every argument must have the same number of micro-batches")
         prepared = [
             self._prepare(lp, olp, adv, m, None if rollout_parts is None else rollout_parts[i])
-            for i, (lp, olp, adv, m) in enumerate(zip(*parts))
+            for i, (lp, olp, adv, m) in enumerate(zip(*parts, strict=True))
         ]
-        lps, olps, advs, masks, rlps = (list(x) for x in zip(*prepared))
+        lps, olps, advs, masks, rlps = (list(x) for x in zip(*prepared, strict=True))
         stats = self._batch_stats_from(
             [lp.detach() for lp in lps], olps, advs, masks, None if rollout_parts is None else rlps,
             global_counts=True, with_payload=self.mini_batch_scoped,
@@ -415,7 +415,7 @@ class Objective:
         # One device->host transfer for all metrics, not one .item() each.
         tokens = mask.detach().sum().to(torch.float64)
         kinds, flat, sizes = [], [], []
-        for name, m in metrics.items():
+        for m in metrics.values():
             if isinstance(m, Stat):
                 part = torch.as_tensor(m.parts).detach().to(device=mask.device, dtype=torch.float64).reshape(-1)
                 kinds.append(m.kind)
@@ -429,7 +429,7 @@ class Objective:
             return {}
         values = torch.cat(flat).tolist()
         out, i = {}, 0
-        for name, kind, n in zip(metrics, kinds, sizes):
+        for name, kind, n in zip(metrics, kinds, sizes, strict=True):
             out[name] = Stat(kind, tuple(values[i:i + n]))
             i += n
         return out

@@ -276,7 +276,7 @@ class Stat:
             raise ValueError(f"cannot pool a {self.kind!r} metric with a {other.kind!r} one")
         a, b = self.parts, other.parts
         if self.kind in ("mean", "sum"):
-            return Stat(self.kind, tuple(x + y for x, y in zip(a, b)))
+            return Stat(self.kind, tuple(x + y for x, y in zip(a, b, strict=True)))
         if self.kind in ("max", "min"):
             if a[1] <= 0 or b[1] <= 0:
                 return self if b[1] <= 0 else other

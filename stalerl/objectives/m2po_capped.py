@@ -55,7 +55,7 @@ class M2POCapped(Objective):
 
     def compute_stats(self, log_prob, old_log_prob, advantages, mask, rollout_log_prob, stats):
         values = []
-        for lp, olp, adv, m in zip(log_prob, old_log_prob, advantages, mask):
+        for lp, olp, adv, m in zip(log_prob, old_log_prob, advantages, mask, strict=True):
             lr = core.log_ratio(lp, olp)
             values.append(lr.square()[m2po_candidates(self.config, lr, adv, m)])
         values = self.gather(torch.cat(values))

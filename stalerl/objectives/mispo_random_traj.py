@@ -47,7 +47,7 @@ class MISPORandomTraj(MISPO):
     def compute_stats(self, log_prob, old_log_prob, advantages, mask, rollout_log_prob, stats):
         low, high = MISPO.traj_bounds(self, stats)
         valid, in_band = [], []
-        for i, (lp, olp, m) in enumerate(zip(log_prob, old_log_prob, mask)):
+        for i, (lp, olp, m) in enumerate(zip(log_prob, old_log_prob, mask, strict=True)):
             ref = self.reference_log_prob(olp, None if rollout_log_prob is None else rollout_log_prob[i])
             traj = core.sequence_log_ratio(core.log_ratio(lp, ref), m)
             v = m.sum(-1) > 0

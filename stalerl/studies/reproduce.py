@@ -89,7 +89,7 @@ def run_stats(run_dir: Path) -> dict[str, Any]:
     trained = [r["eval/accuracy"] for r in steps if r.get("step", 0) >= 1 and isinstance(r.get("eval/accuracy"), (int, float))]
     eval_steps = [r["step"] for r in steps if isinstance(r.get("eval/accuracy"), (int, float))]
     half = max(eval_steps or [0]) / 2
-    first_half = [a for st, a in zip(eval_steps, evals) if 0 < st <= half]
+    first_half = [a for st, a in zip(eval_steps, evals, strict=False) if 0 < st <= half]
     rewards = series("train/data_reward_mean")
     stats = {
         "eval_start": evals[0] if evals else None,
