@@ -56,16 +56,6 @@ def m2po_candidates(config: M2POConfig, token_log_ratio, advantages, mask) -> to
     return mask > 0
 
 
-def m2_keep_count(sorted_values: torch.Tensor, tau: float) -> int:
-    """Largest k such that the mean of the k smallest values is <= tau (0 <= k <= n)."""
-    n = sorted_values.numel()
-    if n == 0:
-        return 0
-    prefix_mean = torch.cumsum(sorted_values, 0) / torch.arange(1, n + 1, dtype=sorted_values.dtype, device=sorted_values.device)
-    over = prefix_mean > tau
-    return int(over.to(torch.int8).argmax()) if bool(over.any()) else n
-
-
 _M2_BINS = 4096
 """Log-spaced bins of :func:`m2_cut` (relative width ~0.2% over (log r)^2 in [tau, 400])."""
 
@@ -73,8 +63,8 @@ _M2_BINS = 4096
 def m2_cut(values: torch.Tensor, tau: float) -> tuple[int, float, int, float, float]:
     """Where Algorithm 1 cuts ``values`` (1-D, the candidates' (log r)^2), without a full sort.
 
-    Same result as sorting ascending and taking :func:`m2_keep_count`: keep the ``keep`` smallest
-    values. Returns ``(keep, cutoff, ties_keep, kept_sum, total)``: the kept values are those
+    Same result as sorting ascending and keeping the largest k whose prefix mean is <= tau: keep
+    the ``keep`` smallest values. Returns ``(keep, cutoff, ties_keep, kept_sum, total)``: the kept values are those
     ``< cutoff`` and the first ``ties_keep`` of those ``== cutoff`` (``cutoff`` is the keep-th
     smallest value; +inf when all are kept, -inf when none is); sums in float64.
 
