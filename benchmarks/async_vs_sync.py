@@ -1,4 +1,4 @@
-"""Benchmark: async against synchronous stalerl at equal staleness (SPEC §3, issue 7).
+"""Benchmark: async against synchronous stalerl at equal staleness (docs/DESIGN.md#async).
 
 Runs ``stalerl train`` twice per repeat on the same config and staleness, ``stale.mode=sync``
 then ``stale.mode=async``, each in a fresh subprocess, and reads ``metrics.jsonl``:
@@ -12,7 +12,7 @@ warm-up); figures are medians over the remaining steps of all repeats. It prints
 
 * ``async / sync`` wall time per update (the overlap's speed-up is its inverse);
 * ``async / max(gen, train)``: async time per update over the sync run's
-  max(generation, training) per update (issue 7 target: <= 1.15);
+  max(generation, training) per update (target: <= 1.15);
 * ``gen / train`` of the sync run (the setting is chosen so that they are close to 1).
 
 Both modes run with the same staleness ``s`` (default ``s = m``: batch j+1 is generated while

@@ -1,4 +1,4 @@
-"""Share of a training run spent recording diagnostics (issue 4: must stay under 5%).
+"""Share of a training run spent recording diagnostics (target: under 5%).
 
     python benchmarks/diagnostics_overhead.py [--steps 6] [--objective mispo]
 

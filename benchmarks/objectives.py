@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -232,7 +231,7 @@ def bench_m2po_mask(args):
     for style, needed in (("drop-largest", removals), ("released-scan", n_cand - removals + 1)):
         cap = args.loop_max_removals
         t_loop, (loop_keep, steps, finished) = _timed(
-            lambda: m2_loop_mask(lp, old, adv, mask, tau, style, cap), args.device)
+            lambda style=style, cap=cap: m2_loop_mask(lp, old, adv, mask, tau, style, cap), args.device)
         note = ""
         if finished:
             identical, checked = bool(torch.equal(loop_keep, vec_keep)), f"all {B * T} tokens"

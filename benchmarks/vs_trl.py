@@ -42,7 +42,7 @@ Two comparisons, each measured in the same run:
 Each run is a fresh subprocess. Throughput = completions of the generation batches after the
 first ``--warmup`` ones, divided by the wall time they took (stalerl: the steps' ``time/step``;
 TRL: a callback's timestamps at the optimizer steps that close those generation batches). It
-prints completions/s of each, the two ratios (issue 7 target: stalerl >= 1.5x TRL) and per-phase
+prints completions/s of each, the two ratios (target: stalerl >= 1.5x TRL) and per-phase
 stalerl times. ``--repeats`` rounds run interleaved; figures are medians.
 
 Usage::

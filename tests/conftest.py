@@ -19,7 +19,7 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
-#: Overrides of every fast training test (the sizes of the brief: keep runs to seconds).
+#: Overrides of every fast training test (tiny sizes: keep runs to seconds).
 TINY_OVERRIDES = [
     "model.testbed_size=tiny",
     "model.device=cpu",

@@ -186,7 +186,11 @@ def test_known_datasets():
 
 
 def test_m2po_template_text():
-    seed = Path("/work/shared/seeds/m2po-prosperity-before-collapse.txt")
+    # The question template of the M2PO paper (Prosperity before Collapse, App. B), as printed there
+    # modulo its typographic apostrophe and the code quotes around its placeholders.
+    paper = ("Please solve the following math problem: {{Question Description}}. The assistant first thinks about "
+             "the reasoning process step by step and then provides the user with the answer. Return the final "
+             "answer in \\boxed{} tags, for example \\boxed{1}. Let's solve this step by step.")
     expected = (
         "Please solve the following math problem: What is 2+3?. The assistant first thinks about "
         "the reasoning process step by step and then provides the user with the answer. Return "
@@ -195,9 +199,7 @@ def test_m2po_template_text():
     assert format_prompt("What is 2+3?") == expected
     assert format_prompt("What is 2+3?", "m2po") == expected
     assert "{question}" in M2PO_TEMPLATE
-    if seed.exists():  # the paper's appendix text, modulo its typographic apostrophe
-        paper = seed.read_text(encoding="utf-8").replace("\u2019", "'").replace("`", "")
-        assert expected.replace("What is 2+3?", "{{Question Description}}") in paper
+    assert expected.replace("What is 2+3?", "{{Question Description}}") == paper
 
 
 def test_plain_and_custom_templates():
@@ -234,7 +236,7 @@ def test_chat_wrapping():
 
 
 def test_chat_wrapping_real_tokenizer():
-    tokenizers = pytest.importorskip("tokenizers")
+    pytest.importorskip("tokenizers")
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers
 

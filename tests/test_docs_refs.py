@@ -1,10 +1,8 @@
 """Shipped text cites only what ships: no reference to a planning document, a tracker number or a
 file outside the repository, and every ``docs/X.md`` (and ``#anchor``) it links exists.
 
-:func:`find_bad_references` is the checker. It runs over the files this test names (which must
-be clean now) and over the whole tree (an expected failure until the older citations are
-replaced by references to ``docs/`` sections and papers' equations; ``strict=True`` makes the
-test fail as soon as the tree is clean, so that the marker is removed then).
+:func:`find_bad_references` is the checker. It runs over the files this test names and over
+the whole tree.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED_DIRS = ("stalerl", "tests", "benchmarks", "docs", "examples")
@@ -29,7 +26,7 @@ FORBIDDEN = [
 DOC_LINK = re.compile(r"(?<![\w/.-])docs/([\w./-]+?\.md)(?:#([\w-]+))?")
 MD_LINK = re.compile(r"\]\((?!https?:|#)([^)#\s]+\.md)(?:#([\w-]+))?\)")
 
-#: Files that must be clean now; the rest of the tree joins them when its citations are replaced.
+#: Files written against the rule from the start (the whole-tree test covers them too).
 CLEAN_NOW = [
     "docs/DESIGN.md", "docs/METRICS.md",
     "stalerl/__init__.py", "stalerl/_lazy.py", "stalerl/training/__init__.py",
@@ -101,8 +98,6 @@ def test_files_written_against_the_rule_cite_only_what_ships():
     assert problems == []
 
 
-@pytest.mark.xfail(strict=True, reason="citations of the planning document, tracker numbers and seed paths outside "
-                                       "the repository are swept in the next change; remove this marker then")
 def test_whole_tree_cites_only_what_ships():
     problems = [p for path in shipped_text_files() for p in find_bad_references(path)]
     assert problems == [], "\n".join(problems)

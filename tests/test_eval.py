@@ -60,7 +60,7 @@ def test_eval_tiny_checkpoint_table_and_json(tiny_testbed, tmp_path, capsys):
         assert col in printed
     result = json.loads(out.read_text())
     assert set(result["benchmarks"]) == {"testbed", "bench"}
-    for name, r in result["benchmarks"].items():
+    for r in result["benchmarks"].values():
         assert r["num_problems"] == 3 and r["n"] == 4
         for key in ("avg@4", "maj@4", "pass@1", "pass@2", "pass@4"):
             assert 0.0 <= r[key] <= 1.0

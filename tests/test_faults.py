@@ -352,3 +352,32 @@ def test_read_only_output_locations_are_refused_before_any_work(tiny_overrides, 
     refused(["eval", str(tiny_testbed), "--out", str(read_only / "eval.json")], capsys, str(read_only),
             "not writable")
     assert list(read_only.iterdir()) == []
+
+
+def test_degraded_tensorboard_and_curves_warn_and_keep_the_logs(tmp_path, monkeypatch):
+    import builtins
+
+    from stalerl.training.logger import RunLogger
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("no tensorboard here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.warns(UserWarning, match="TensorBoard disabled .*no tensorboard here"):
+        run_logger = RunLogger(tmp_path, tensorboard=True)
+    assert run_logger._tb is None and (tmp_path / "metrics.jsonl").exists()
+    run_logger.close()
+    monkeypatch.setattr(builtins, "__import__", real_import)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no curves")
+
+    import stalerl.evaluation.plots as plots
+
+    monkeypatch.setattr(plots, "learning_curves", broken)
+    with pytest.warns(UserWarning, match="could not draw curves .*no curves"):
+        loop._plots(tmp_path)

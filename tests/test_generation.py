@@ -66,7 +66,7 @@ def test_layout_left_padded_prompt_right_padded_response(policy, engine, one_thr
     assert gen.input_ids.shape == (8, L + R) and gen.response_mask.shape == (8, R)
     assert gen.response_mask.sum(-1).tolist() == lengths
     assert gen.truncated.tolist() == [False, False, False, False, True, True, False, False]
-    for row, (prompt, n) in enumerate(zip([p for p in PROMPTS for _ in range(2)], lengths)):
+    for row, (prompt, n) in enumerate(zip([p for p in PROMPTS for _ in range(2)], lengths, strict=True)):
         ids = tok(prompt, add_special_tokens=False)["input_ids"]
         assert gen.input_ids[row, L - len(ids):L].tolist() == ids
         assert gen.input_ids[row, :L - len(ids)].eq(tok.pad_token_id).all()

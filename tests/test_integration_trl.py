@@ -1,4 +1,4 @@
-"""stalerl inside TRL 1.16.0 (``stalerl.integrations.trl.StaleRLGRPOTrainer``, SPEC §7).
+"""stalerl inside TRL 1.16.0 (``stalerl.integrations.trl.StaleRLGRPOTrainer``, docs/INTEGRATIONS.md).
 
 A tiny offline setup (character WordLevel tokenizer, 2-layer Qwen3 of width 32, a toy reward):
 

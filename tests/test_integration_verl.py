@@ -1,4 +1,4 @@
-"""stalerl inside verl 0.9.1 (``stalerl.integrations.verl``, SPEC §7).
+"""stalerl inside verl 0.9.1 (``stalerl.integrations.verl``, docs/INTEGRATIONS.md).
 
 * The ``verl.plugins`` entry point, loaded by ``import verl`` in a fresh interpreter the way every
   verl process loads it, registers every objective (``stalerl_<name>`` and the free plain names) and

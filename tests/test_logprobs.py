@@ -56,7 +56,7 @@ def _batch(left_pad=(0, 3, 5), right_pad=(0, 2, 0)):
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, VOCAB, (B, L), generator=g)
     mask = torch.ones(B, L, dtype=torch.long)
-    for i, (lp, rp) in enumerate(zip(left_pad, right_pad)):
+    for i, (lp, rp) in enumerate(zip(left_pad, right_pad, strict=True)):
         mask[i, :lp] = 0
         if rp:
             mask[i, L - rp :] = 0
@@ -92,7 +92,7 @@ def test_completion_matches_naive(model, chunk_size, temperature):
     loss_c = (lp_c * w_lp * resp_mask).sum() + (en_c * w_en * resp_mask).sum()
     grads_c = _grads(model, loss_c)
     n_checked = 0
-    for gc, gn in zip(grads_c, grads_n):
+    for gc, gn in zip(grads_c, grads_n, strict=True):
         if gn is None:
             assert gc is None
             continue
@@ -112,7 +112,7 @@ def test_tied_embeddings():
     wt = mask[:, L - R :].double()
     gn = _grads(m, (lp_n * wt).sum() + (en_n * wt).sum())
     gc = _grads(m, (lp_c * wt).sum() + (en_c * wt).sum())
-    for a, c in zip(gc, gn):
+    for a, c in zip(gc, gn, strict=True):
         torch.testing.assert_close(a, c, atol=1e-5, rtol=0)
 
 
@@ -134,7 +134,7 @@ def test_no_entropy_and_logprob_only_grad(model):
     assert en is None
     lp_n, _ = completion_log_probs(model, ids, mask, R, naive=True, compute_entropy=False)
     torch.testing.assert_close(lp, lp_n, atol=1e-5, rtol=0)
-    for gc, gn in zip(_grads(model, lp.sum()), _grads(model, lp_n.sum())):
+    for gc, gn in zip(_grads(model, lp.sum()), _grads(model, lp_n.sum()), strict=True):
         torch.testing.assert_close(gc, gn, atol=1e-5, rtol=0)
 
 
@@ -155,7 +155,7 @@ def test_from_hidden_with_bias_and_entropy_only_grad(chunk_size):
     for out, ref in ((en, en_n), (lp, lp_n)):
         gc = torch.autograd.grad((out * wt).sum(), (h, w, b), retain_graph=True)
         gn = torch.autograd.grad((ref * wt).sum(), (h, w, b), retain_graph=True)
-        for a, c in zip(gc, gn):
+        for a, c in zip(gc, gn, strict=True):
             torch.testing.assert_close(a, c, atol=1e-10, rtol=0)
 
 

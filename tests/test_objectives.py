@@ -1,4 +1,4 @@
-"""Tests of stalerl.objectives against SPEC §2.
+"""Tests of stalerl.objectives against docs/OBJECTIVES.md and the papers' equations.
 
 Expected values are computed by hand in each test (written out arithmetically), never copied
 from the implementation.
@@ -826,7 +826,7 @@ def test_mini_batch_loss_is_the_sum_over_any_micro_batch_split(mode, split):
     bounds = np.cumsum((0,) + split)
     parts = [(_trim(lp[a:b], mask[a:b]), _trim(old[a:b], mask[a:b]), adv[a:b], _trim(mask[a:b], mask[a:b]))
              for a, b in itertools.pairwise(bounds)]
-    stats = obj.batch_stats(*[list(x) for x in zip(*parts)], horizon=horizon)
+    stats = obj.batch_stats(*[list(x) for x in zip(*parts, strict=True)], horizon=horizon)
     total = sum(obj(*p, batch_stats=stats).loss for p in parts)
     torch.testing.assert_close(total, whole, atol=1e-12, rtol=0)
 
@@ -836,7 +836,7 @@ def test_seq_mean_token_sum_norm_without_horizon_uses_the_longest_micro_batch():
     obj = objectives.build("no_tr", loss_agg_mode="seq-mean-token-sum-norm")
     parts = [(_trim(x[:3], mask[:3]) if x.dim() == 2 else x[:3]) for x in (lp, old, adv, mask)], \
             [(_trim(x[3:], mask[3:]) if x.dim() == 2 else x[3:]) for x in (lp, old, adv, mask)]
-    stats = obj.batch_stats(*[list(x) for x in zip(*parts)])
+    stats = obj.batch_stats(*[list(x) for x in zip(*parts, strict=True)])
     assert stats.horizon == max(p[3].shape[1] for p in parts)
 
 

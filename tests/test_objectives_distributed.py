@@ -1,4 +1,4 @@
-"""Mini-batch statistics across data-parallel ranks (SPEC §2): a 2-process gloo group on CPU.
+"""Mini-batch statistics across data-parallel ranks (docs/DESIGN.md#batch-statistics): a 2-process gloo group on CPU.
 
 Each rank holds part of a batch; the masks, bounds and draws must equal those of one process
 holding the whole batch, except with ``stats_scope="micro"`` (rank-local statistics).

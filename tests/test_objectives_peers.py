@@ -1,4 +1,4 @@
-"""stalerl's objectives against the peers' own code: verl 0.9.1 and TRL 1.16.0 (SPEC §7).
+"""stalerl's objectives against the peers' own code: verl 0.9.1 and TRL 1.16.0 (docs/INTEGRATIONS.md).
 
 Same loss and same gradient w.r.t. ``log_prob``, in float64, to 1e-6, on random right-padded
 batches (B = 8, T = 12, several seeds), with log-ratios ~ N(0, 0.3) plus ~15% large ones

@@ -11,7 +11,6 @@ import yaml
 
 from stalerl.cli.main import main as cli_main
 from stalerl.evaluation import plots
-from stalerl.evaluation.report import build_report
 
 
 def make_run(path, objective="mispo", seed=0, steps=6, crash_at=None, hparams=None, staleness=2):

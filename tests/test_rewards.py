@@ -92,7 +92,7 @@ def test_verifier_matches_math_verify(verifier):
         (r"10\%", "10", False),  # as math-verify 0.9.0 decides
     ]
     res = verifier.verify_batch([c[0] for c in cases], [c[1] for c in cases])
-    for (gold, pred, want), r in zip(cases, res):
+    for (gold, pred, want), r in zip(cases, res, strict=True):
         assert isinstance(r, VerifyResult)
         assert r.status == "ok", (gold, pred, r)
         assert r.correct is want, (gold, pred, r)
@@ -104,7 +104,7 @@ def test_verifier_agrees_with_math_verify_directly(verifier):
 
     pairs = [("11", "11.0"), ("1/2", r"\frac{1}{2}"), (r"\pi", "3.14"), ("(1,2)", "(1, 2)")]
     res = verifier.verify_batch([g for g, _ in pairs], [p for _, p in pairs])
-    for (g, p), r in zip(pairs, res):
+    for (g, p), r in zip(pairs, res, strict=True):
         direct = verify(parse(wrap_for_parse(g)), parse(wrap_for_parse(p)))
         assert r.correct == direct, (g, p)
 

@@ -155,7 +155,7 @@ def test_warm_start_tiny_cache_and_reload(tmp_path):
     assert tok.decode(tok("Q: 1+2=? A: ", add_special_tokens=False)["input_ids"]) == "Q: 1+2=? A: "
     model2, tok2 = load_testbed(path)
     assert tok2.padding_side == "left" and not model2.training
-    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     probs = generate_problems(6, split="test", levels=(1,))
     acc1 = sample_accuracy(model2, tok2, probs, max_new_tokens=24, seed=1)

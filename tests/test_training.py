@@ -1,4 +1,4 @@
-"""Fast tests of ``stalerl train`` (SPEC §3-4, issue 3): stale-k semantics, exact resume,
+"""Fast tests of ``stalerl train`` (docs/DESIGN.md#stale-k, docs/DESIGN.md#reliability): stale-k semantics, exact resume,
 NaN handling, atomic checkpoints, config / dataset / model errors, reward edge cases.
 
 Every training run here uses the session's tiny testbed (``tests/conftest.py``), 2 prompts x 4
@@ -73,7 +73,7 @@ def test_stale_buffer_state_round_trip_and_errors():
     other = StaleBuffer(4, 2)
     other.load_state_dict(buf.state_dict())
     assert len(other) == 3
-    for a, b in zip(buf.queue, other.queue):
+    for a, b in zip(buf.queue, other.queue, strict=True):
         assert a.policy_version == b.policy_version
         assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.rewards, b.rewards)
     with pytest.raises(ValueError, match="staleness=4, mini_batches=2"):
@@ -243,7 +243,7 @@ def test_nan_update_is_skipped_and_counted(make_config, monkeypatch):
         before = [p.detach().clone() for p in model.parameters()]
         steps_before = [int(s["step"]) for s in optimizer.state.values()] if optimizer.state else []
         out = real_update(config, model, optimizer, objective, batch, rows, state, **kwargs)
-        same = all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+        same = all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
         steps_after = [int(s["step"]) for s in optimizer.state.values()] if optimizer.state else []
         seen[index] = (same, steps_before == steps_after)
         return out
@@ -290,7 +290,7 @@ def test_nonfinite_updates_in_a_row_crash_the_run_as_a_result(make_config):
     assert state["loop"]["step"] == 2 and state["loop"]["skipped_updates"] == 2
     # updates 2 and 3 were skipped: the step-2 weights are the step-1 weights
     step1 = AutoModelForCausalLM.from_pretrained(root / "step_000001")
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), step1.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), step1.parameters(), strict=True))
 
 
 def test_cli_crash_exits_3_with_one_line(tiny_overrides, capsys):
@@ -385,7 +385,7 @@ def test_malformed_dataset_row_names_file_and_line(tiny_overrides, tmp_path, cap
                                                         {"question": "What is 2+2?", "answer": "4"}])
     from stalerl.data.loading import DatasetError
 
-    with pytest.raises(DatasetError, match=rf"nofield\.jsonl, line 2: field 'problem' is missing"):
+    with pytest.raises(DatasetError, match=r"nofield\.jsonl, line 2: field 'problem' is missing"):
         train(load_config(None, tiny_overrides(f"data.train={missing}", "data.template=plain")))
 
 

@@ -8,7 +8,6 @@ default (``small``) testbed, rewarded by math-verify in worker processes; its he
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 

@@ -317,7 +317,7 @@ def test_mask_truncated_completions_zeroes_their_rows(make_config, tiny_testbed)
 def _parity_reward(completions, answers):
     """All-equal rewards for prompts with an even answer (those groups get dropped), varied otherwise."""
     return [0.0 if int(a) % 2 == 0 else sum(ch.isdigit() for ch in c) / max(len(c), 1)
-            for c, a in zip(completions, answers)]
+            for c, a in zip(completions, answers, strict=True)]
 
 
 def test_dynamic_sampling_in_a_stale_run_keeps_the_generating_version(make_config):

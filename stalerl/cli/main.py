@@ -189,11 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_eval_args(p) -> None:
-    try:
-        from stalerl.evaluation.evaluate import add_arguments
-    except ImportError:
-        p.add_argument("checkpoint")
-        return
+    from stalerl.evaluation.evaluate import add_arguments
+
     add_arguments(p)
 
 

@@ -124,7 +124,7 @@ def _servable(rows: list[Prompt], tokenizer, max_prompt_length: int, max_new_tok
     encoded = tokenizer([p.text for p in candidates], add_special_tokens=False)["input_ids"] if candidates else []
     unk = getattr(tokenizer, "unk_token_id", None)
     kept = []
-    for p, ids in zip(candidates, encoded):
+    for p, ids in zip(candidates, encoded, strict=True):
         if len(ids) > limit:
             reasons["too_long"] += 1
         elif max_positions and max_new_tokens and len(ids) + max_new_tokens > max_positions:

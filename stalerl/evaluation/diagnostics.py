@@ -1,4 +1,4 @@
-"""Diagnostics of off-policy runs (SPEC §5): the seed papers' analyses as functions.
+"""Diagnostics of off-policy runs: the seed papers' analyses as functions.
 
 Every analysis is a function of plain arrays (testable on synthetic inputs), with a loader that
 reads the arrays from a run directory written by ``stalerl train``:
@@ -128,7 +128,7 @@ def entropy_by_ratio_bins(
     ok = np.isfinite(ent) & np.isfinite(r)
     ent, dev = ent[ok], np.abs(r[ok] - 1.0)
     out: dict[str, list[float]] = {"low": [], "high": [], "mean_entropy": [], "count": [], "mean_abs_dev": []}
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         sel = (dev >= lo) & (dev < hi)
         count = int(sel.sum())
         out["low"].append(float(lo))
@@ -296,7 +296,7 @@ def run_accepted_log_ratios(run_dir: str | Path, accepted_only: bool = True) -> 
         lr = rec.get("traj_log_ratio") or []
         acc = rec.get("traj_accepted")
         if accepted_only and acc is not None and len(acc) == len(lr):
-            out += [x for x, a in zip(lr, acc) if a]
+            out += [x for x, a in zip(lr, acc, strict=True) if a]
         else:
             out += list(lr)
     return accepted_log_ratios(_none_to_nan(out))

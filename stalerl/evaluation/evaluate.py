@@ -385,10 +385,10 @@ def format_table(result: dict[str, Any]) -> str:
                      f"{avg['avg@n']:.4f}", f"{avg['maj@n']:.4f}" if "maj@n" in avg else "-"]
                     + [f"{avg[k]:.4f}" if k in avg else "-" for k in pass_keys])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths, strict=True)))]
     lines.append("  ".join("-" * w for w in widths))
     for r in rows:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False))))
     return "\n".join(lines)
 
 

@@ -200,7 +200,7 @@ def group_runs(runs: Sequence[RunData]) -> list[Group]:
         same = [g for g in groups if g.label == label]
         flat = [_flatten(json.loads(_group_key(g.runs[0]))) for g in same]
         keys = sorted({k for f in flat for k in f if len({json.dumps(x.get(k), default=str) for x in flat}) > 1})
-        for g, f in zip(same, flat):
+        for g, f in zip(same, flat, strict=True):
             parts = [f"{k.split('.')[-1]}={f.get(k)}" for k in keys[:2]]
             g.label += f" ({', '.join(parts)})" if parts else f" [{g.runs[0].name}]"
     return groups
@@ -226,7 +226,7 @@ def _mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
     """Mean over runs at each step where at least one run has a value."""
     values: dict[float, list[float]] = {}
     for xs, ys in curves:
-        for x, y in zip(xs, ys):
+        for x, y in zip(xs, ys, strict=True):
             values.setdefault(float(x), []).append(float(y))
     steps = np.array(sorted(values))
     return steps, np.array([np.mean(values[s]) for s in steps])
@@ -317,7 +317,7 @@ def plot_panels(
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.8 * ncols, 3.4 * nrows + 0.9), squeeze=False,
                              layout="constrained")
-    for ax, panel in zip(axes.flat, panels):
+    for ax, panel in zip(axes.flat, panels, strict=False):
         _draw_panel(ax, panel, groups)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
@@ -387,7 +387,7 @@ def plot_entropy_vs_ratio(
     if not binned:
         return None
     first = next(iter(binned.values()))
-    labels = [_bin_label(lo, hi) for lo, hi in zip(first["low"], first["high"])]
+    labels = [_bin_label(lo, hi) for lo, hi in zip(first["low"], first["high"], strict=True)]
     fig, ax = plt.subplots(figsize=(max(6.5, 0.9 * len(labels) + 2), 3.8))
     x = np.arange(len(labels))
     for i, (name, b) in enumerate(binned.items()):

@@ -177,7 +177,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     color_of = {g.label: g.color for g in groups}
     label_of = {id(r): g.label for g in groups for r in g.runs}
     rows = [run_row(r) for r in runs]
-    for r, row in zip(runs, rows):
+    for r, row in zip(runs, rows, strict=True):
         row["group"] = label_of[id(r)]
     title = title or "stalerl report: " + ", ".join(g.label for g in groups)
 
@@ -195,7 +195,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         figures["log_rho"] = "log_rho.png"
     pairs = {}
     for g in groups:
-        accs, m2s = zip(*[diag.run_acceptance_m2(r.path) for r in g.runs])
+        accs, m2s = zip(*[diag.run_acceptance_m2(r.path) for r in g.runs], strict=True)
         pairs[g.label] = (np.concatenate(accs), np.concatenate(m2s))
     if plots.plot_accept_vs_m2(pairs, out / "accept_vs_m2.png", colors=color_of):
         figures["accept_m2"] = "accept_vs_m2.png"
@@ -254,7 +254,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         labels = list(gd["entropy_by_ratio"])
         first = gd["entropy_by_ratio"][labels[0]]
         bin_rows = []
-        for i, (lo, hi) in enumerate(zip(first["low"], first["high"])):
+        for i, (lo, hi) in enumerate(zip(first["low"], first["high"], strict=True)):
             bin_rows.append([plots._bin_label(lo, hi)] + [
                 f"{_fmt(gd['entropy_by_ratio'][lab]['mean_entropy'][i])} ({gd['entropy_by_ratio'][lab]['count'][i]})"
                 for lab in labels])

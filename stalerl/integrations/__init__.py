@@ -1,4 +1,4 @@
-"""stalerl's objectives inside other trainers (SPEC §7).
+"""stalerl's objectives inside other trainers (docs/INTEGRATIONS.md).
 
 * :mod:`stalerl.integrations.verl` — a ``verl.plugins`` entry point that registers every
   objective as a verl policy loss (``actor_rollout_ref.actor.policy_loss.loss_mode=m2po``).

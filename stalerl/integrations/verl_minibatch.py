@@ -100,7 +100,7 @@ def mini_batch_stats(engine: Any, data: Any, obj: Objective) -> BatchStats:
     engine.infer_batch(data, loss_function=collect)
     if not parts:
         raise RuntimeError("verl's engine ran no micro-batch for the mini-batch statistics pass")
-    lps, olps, advs, masks = (list(x) for x in zip(*parts))
+    lps, olps, advs, masks = (list(x) for x in zip(*parts, strict=True))
     return obj.batch_stats(lps, olps, advs, masks)
 
 

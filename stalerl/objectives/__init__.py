@@ -1,4 +1,4 @@
-"""Every policy objective of the seed papers behind one contract (SPEC §2).
+"""Every policy objective of the seed papers behind one contract (docs/OBJECTIVES.md).
 
 >>> import torch
 >>> from stalerl import objectives
@@ -40,7 +40,7 @@ REGISTRY: dict[str, type[Objective]] = {
     for cls in (GRPO, NoTrustRegion, GSPO, GSPOToken, CISPO, M2PO, M2POCapped, MISPO,
                 MISPOTokenOnly, MISPORandomTraj, ACMISPO, MinPRO, TIS)
 }
-"""Objective name -> class, in SPEC §2's order."""
+"""Objective name -> class, in the order of docs/OBJECTIVES.md's table."""
 
 PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
     "grpo_clip_higher": ("grpo", {"epsilon_low": 0.2, "epsilon_high": 0.28},
@@ -59,7 +59,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any], str]] = {
 
 
 def available(presets: bool = False) -> list[str]:
-    """Names of the objectives (SPEC §2); with ``presets=True`` the preset names follow."""
+    """Names of the objectives (docs/OBJECTIVES.md); with ``presets=True`` the preset names follow."""
     names = list(REGISTRY)
     return names + list(PRESETS) if presets else names
 

@@ -105,7 +105,7 @@ class ACMISPO(MISPO):
 
     def compute_stats(self, log_prob, old_log_prob, advantages, mask, rollout_log_prob, stats):
         z = []
-        for i, (lp, olp, m) in enumerate(zip(log_prob, old_log_prob, mask)):
+        for i, (lp, olp, m) in enumerate(zip(log_prob, old_log_prob, mask, strict=True)):
             ref = self.reference_log_prob(olp, None if rollout_log_prob is None else rollout_log_prob[i])
             traj = core.sequence_log_ratio(core.log_ratio(lp, ref), m)
             z.append(traj[m.sum(-1) > 0].abs())

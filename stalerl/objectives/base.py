@@ -9,7 +9,7 @@ each field documented where it is declared) and called on one batch::
     out.extras    # detached per-trajectory / per-token tensors for diagnostics
 
 **Batch-level statistics.** M2PO's M̂2, RandomTraj's N_acc and AC-MIS-PO's quantile are taken
-over the whole optimizer mini-batch (SPEC §2). A caller that splits a mini-batch into
+over the whole optimizer mini-batch (docs/DESIGN.md#batch-statistics). A caller that splits a mini-batch into
 micro-batches computes them once with :meth:`Objective.batch_stats` (from detached current
 log-probs of the whole mini-batch, as a list of micro-batches or one tensor) and hands the result
 to every micro-batch call as ``batch_stats=``; the micro-batch losses then also share the
@@ -283,9 +283,9 @@ class Objective:
             raise ValueError("batch_stats: every argument must have the same number of micro-batches")
         prepared = [
             self._prepare(lp, olp, adv, m, None if rollout_parts is None else rollout_parts[i])
-            for i, (lp, olp, adv, m) in enumerate(zip(*parts))
+            for i, (lp, olp, adv, m) in enumerate(zip(*parts, strict=True))
         ]
-        lps, olps, advs, masks, rlps = (list(x) for x in zip(*prepared))
+        lps, olps, advs, masks, rlps = (list(x) for x in zip(*prepared, strict=True))
         stats = self._batch_stats_from(
             [lp.detach() for lp in lps], olps, advs, masks, None if rollout_parts is None else rlps,
             global_counts=True, with_payload=self.mini_batch_scoped,
@@ -415,7 +415,7 @@ class Objective:
         # One device->host transfer for all metrics, not one .item() each.
         tokens = mask.detach().sum().to(torch.float64)
         kinds, flat, sizes = [], [], []
-        for name, m in metrics.items():
+        for m in metrics.values():
             if isinstance(m, Stat):
                 part = torch.as_tensor(m.parts).detach().to(device=mask.device, dtype=torch.float64).reshape(-1)
                 kinds.append(m.kind)
@@ -429,7 +429,7 @@ class Objective:
             return {}
         values = torch.cat(flat).tolist()
         out, i = {}, 0
-        for name, kind, n in zip(metrics, kinds, sizes):
+        for name, kind, n in zip(metrics, kinds, sizes, strict=True):
             out[name] = Stat(kind, tuple(values[i:i + n]))
             i += n
         return out

@@ -4,7 +4,7 @@ Every formula that more than one objective needs is written here once. Conventio
 tensors are ``(B, T)`` unless said otherwise, ``mask`` marks valid response tokens):
 
 * ``log_ratio = clamp(log_prob - ref_log_prob, -20, 20)``: the clamp happens *before* any
-  ``exp`` so that no objective produces inf/NaN for finite inputs (SPEC §2).
+  ``exp`` so that no objective produces inf/NaN for finite inputs (docs/OBJECTIVES.md).
 * Clip bounds are always written ``1 - epsilon_low`` / ``1 + epsilon_high`` (verl's
   convention). TRL's CISPO takes an absolute cap instead; stalerl converts at the boundary.
 * Losses are ``-objective`` and are aggregated with verl's ``loss_agg_mode`` names.
@@ -31,7 +31,7 @@ AGG_MODES = (
     "seq-mean-token-sum-norm",
     "token-sum",
 )
-"""Aggregation modes, with verl's names. The first four are SPEC §2's; ``token-sum`` is verl's extra."""
+"""Aggregation modes, with verl's names. The first four are the papers' (docs/OBJECTIVES.md); ``token-sum`` is verl's extra."""
 
 
 def clamp_log(value: torch.Tensor) -> torch.Tensor:
@@ -171,7 +171,7 @@ def clip_weight(ratio: torch.Tensor, low, high) -> tuple[torch.Tensor, torch.Ten
 def trust_region_tokens(token_log_ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Tokens a PPO clip could act on: (A > 0 and r > 1) or (A < 0 and r < 1), valid only.
 
-    Tokens with A = 0 never count (M2PO paper §5.2, SPEC §2)."""
+    Tokens with A = 0 never count (M2PO paper §5.2; docs/DESIGN.md#batch-statistics)."""
     harmful = ((advantages > 0) & (token_log_ratio > 0)) | ((advantages < 0) & (token_log_ratio < 0))
     return harmful & (mask > 0)
 
@@ -276,7 +276,7 @@ class Stat:
             raise ValueError(f"cannot pool a {self.kind!r} metric with a {other.kind!r} one")
         a, b = self.parts, other.parts
         if self.kind in ("mean", "sum"):
-            return Stat(self.kind, tuple(x + y for x, y in zip(a, b)))
+            return Stat(self.kind, tuple(x + y for x, y in zip(a, b, strict=True)))
         if self.kind in ("max", "min"):
             if a[1] <= 0 or b[1] <= 0:
                 return self if b[1] <= 0 else other

@@ -43,7 +43,7 @@ def all_gather_varlen(tensor: torch.Tensor) -> torch.Tensor:
     padded[: tensor.numel()] = tensor
     chunks = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(chunks, padded)
-    return torch.cat([c[:s] for c, s in zip(chunks, sizes)])
+    return torch.cat([c[:s] for c, s in zip(chunks, sizes, strict=True)])
 
 
 def rank_offsets(count: int, device=None) -> tuple[int, int]:

@@ -7,7 +7,7 @@ the mean M̂2 of the remaining trust-region tokens is at most ``tau`` (0.04); th
 
 averaged over *all* tokens, masked ones included (paper footnote 2).
 
-Decisions the paper leaves open (SPEC §2):
+Decisions the paper leaves open (docs/DESIGN.md#open-decisions):
 
 * Trust-region tokens are those a PPO clip could act on: (A > 0 and r > 1) or (A < 0 and r < 1);
   tokens with A = 0 never count. ``trust_region_only=False`` constrains all valid tokens.
@@ -56,16 +56,6 @@ def m2po_candidates(config: M2POConfig, token_log_ratio, advantages, mask) -> to
     return mask > 0
 
 
-def m2_keep_count(sorted_values: torch.Tensor, tau: float) -> int:
-    """Largest k such that the mean of the k smallest values is <= tau (0 <= k <= n)."""
-    n = sorted_values.numel()
-    if n == 0:
-        return 0
-    prefix_mean = torch.cumsum(sorted_values, 0) / torch.arange(1, n + 1, dtype=sorted_values.dtype, device=sorted_values.device)
-    over = prefix_mean > tau
-    return int(over.to(torch.int8).argmax()) if bool(over.any()) else n
-
-
 _M2_BINS = 4096
 """Log-spaced bins of :func:`m2_cut` (relative width ~0.2% over (log r)^2 in [tau, 400])."""
 
@@ -73,8 +63,8 @@ _M2_BINS = 4096
 def m2_cut(values: torch.Tensor, tau: float) -> tuple[int, float, int, float, float]:
     """Where Algorithm 1 cuts ``values`` (1-D, the candidates' (log r)^2), without a full sort.
 
-    Same result as sorting ascending and taking :func:`m2_keep_count`: keep the ``keep`` smallest
-    values. Returns ``(keep, cutoff, ties_keep, kept_sum, total)``: the kept values are those
+    Same result as sorting ascending and keeping the largest k whose prefix mean is <= tau: keep
+    the ``keep`` smallest values. Returns ``(keep, cutoff, ties_keep, kept_sum, total)``: the kept values are those
     ``< cutoff`` and the first ``ties_keep`` of those ``== cutoff`` (``cutoff`` is the keep-th
     smallest value; +inf when all are kept, -inf when none is); sums in float64.
 
@@ -128,7 +118,7 @@ class M2PO(Objective):
 
     def compute_stats(self, log_prob, old_log_prob, advantages, mask, rollout_log_prob, stats):
         values = []
-        for lp, olp, adv, m in zip(log_prob, old_log_prob, advantages, mask):
+        for lp, olp, adv, m in zip(log_prob, old_log_prob, advantages, mask, strict=True):
             lr = core.log_ratio(lp, olp)
             values.append(lr.square()[m2po_candidates(self.config, lr, adv, m)])
         local = torch.cat(values)

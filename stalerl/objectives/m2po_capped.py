@@ -10,7 +10,7 @@ Python loop and one ``.item()`` per token; here it is closed form on the sorted 
 interval ``[d_j, d_j+1]`` of the sorted squares the left side is ``P_j + (N - j) c^2``, so
 ``c^2 = (tau N - P_j) / (N - j)`` for the first j where that value is <= d_j+1.
 
-Two details of the released solver are not reproduced (SPEC §2 fixes the exact solve): it returns
+Two details of the released solver are not reproduced (docs/OBJECTIVES.md states the exact solve): it returns
 the breakpoint ``sqrt(d_k-1)`` just below the exact cap, and it never clips tighter than
 ``[0.7, 1.5]`` (its ``miniclip_low=0.3``, ``miniclip_high=0.5``), which leaves the cap inactive for
 small budgets.
@@ -55,7 +55,7 @@ class M2POCapped(Objective):
 
     def compute_stats(self, log_prob, old_log_prob, advantages, mask, rollout_log_prob, stats):
         values = []
-        for lp, olp, adv, m in zip(log_prob, old_log_prob, advantages, mask):
+        for lp, olp, adv, m in zip(log_prob, old_log_prob, advantages, mask, strict=True):
             lr = core.log_ratio(lp, olp)
             values.append(lr.square()[m2po_candidates(self.config, lr, adv, m)])
         values = self.gather(torch.cat(values))

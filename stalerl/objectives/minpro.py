@@ -6,7 +6,7 @@ Objective per token t of trajectory i::
     rho_bar_t = min_{i < t} r_i,   rho_bar_1 = 1
 
 The prefix term replaces the exact (cumulative, unstable) prefix importance ratio with the
-smallest token ratio seen so far. Decision left open by the paper (SPEC §2): the minimum is
+smallest token ratio seen so far. Decision left open by the paper (docs/DESIGN.md#open-decisions): the minimum is
 taken strictly over *earlier* tokens (an exclusive cumulative minimum) in log space, over valid
 tokens only; the first token gets rho_bar = 1. Defaults as CISPO: eps_low = 1, eps_high = 4.
 """

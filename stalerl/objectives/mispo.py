@@ -8,7 +8,7 @@ Token ratio ``x_t = pi_theta / pi_ref`` and trajectory ratio ``rho(tau) = exp(me
 with ``1_tok = [0.5 <= x_t <= 2]`` and ``1_traj = [0.996 <= rho <= 1.001]``.
 ``mispo_token_only`` drops the trajectory mask (the TokenOnly ablation of the mechanism test).
 
-Decisions the papers leave open (SPEC §2):
+Decisions the papers leave open (docs/DESIGN.md#open-decisions):
 
 * The reference policy is the behaviour policy (``old_log_prob``), the staleness setting of the
   seeds' experiments. ``reference="rollout"`` uses ``rollout_log_prob`` (the inference engine's

@@ -6,7 +6,7 @@ the MIS-PO token mask. It separates *how many* trajectories are kept from *which
 RandomTraj matches or beats MIS-PO at equal acceptance, MIS-PO's trajectory filter helps by
 thinning the batch, not by picking well-behaved trajectories.
 
-Decisions (SPEC §2): ``N_acc`` and the draw are statistics of the whole optimizer mini-batch (and
+Decisions (docs/DESIGN.md#batch-statistics): ``N_acc`` and the draw are statistics of the whole optimizer mini-batch (and
 of all data-parallel ranks: every rank draws the same permutation from identically seeded
 generators and takes its slice). Only trajectories with at least one valid token are drawn. The
 generator is seeded by ``seed`` and its state is part of :meth:`state_dict`.
@@ -47,7 +47,7 @@ class MISPORandomTraj(MISPO):
     def compute_stats(self, log_prob, old_log_prob, advantages, mask, rollout_log_prob, stats):
         low, high = MISPO.traj_bounds(self, stats)
         valid, in_band = [], []
-        for i, (lp, olp, m) in enumerate(zip(log_prob, old_log_prob, mask)):
+        for i, (lp, olp, m) in enumerate(zip(log_prob, old_log_prob, mask, strict=True)):
             ref = self.reference_log_prob(olp, None if rollout_log_prob is None else rollout_log_prob[i])
             traj = core.sequence_log_ratio(core.log_ratio(lp, ref), m)
             v = m.sum(-1) > 0

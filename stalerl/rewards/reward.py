@@ -172,7 +172,7 @@ class MathReward:
             results = self.verifier.verify_batch(
                 [str(answers[i]) for i in to_check], [extracted_answers[i] for i in to_check]
             )
-            for i, r in zip(to_check, results):
+            for i, r in zip(to_check, results, strict=True):
                 # A box whose content math-verify cannot parse is still an extracted answer
                 # (the paper's format reward is about the box); it is wrong and counted "ok".
                 status = r.status if r.status in ("timeout", "error") else "ok"
@@ -290,7 +290,7 @@ def _call_user_fn(fn, completions: list[str], answers: list[Any], prompts: list[
     takes_all = any(p.kind == p.VAR_KEYWORD for p in params.values())
     if style == "verl":
         out = []
-        for text, answer, extra in zip(completions, answers, extras):
+        for text, answer, extra in zip(completions, answers, extras, strict=False):
             given = {"solution_str": text, "ground_truth": answer, "data_source": extra.get("data_source"),
                      "extra_info": extra.get("extra_info")}
             score = fn(**{k: v for k, v in given.items() if k in params or takes_all})

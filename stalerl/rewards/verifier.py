@@ -521,7 +521,7 @@ class MathVerifier:
             if w.state == "starting":
                 err = self._startup_failed(w, "exited before it was ready")
                 w.kill()
-                raise err
+                raise err from None
             if w.state == "busy" and w.task is not None:
                 results[w.task] = VerifyResult(False, False, "error")
             self._respawn(w)
@@ -594,7 +594,7 @@ class MathVerifier:
         results: list[VerifyResult | None] = [None] * len(golds)
         queue: deque[int] = deque()
         n_fast = 0
-        for i, (g, p) in enumerate(zip(golds, preds)):
+        for i, (g, p) in enumerate(zip(golds, preds, strict=True)):
             g = "" if g is None else str(g)
             if p is None or not str(p).strip():
                 results[i] = VerifyResult(False, False, "no_answer")

@@ -160,7 +160,7 @@ class _Pool:
             self.__dict__.update(other.__dict__)
             return
         width = max(self.mask.shape[1], other.mask.shape[1])
-        for a, b in zip(self.cache.layers, other.cache.layers):
+        for a, b in zip(self.cache.layers, other.cache.layers, strict=True):
             a.keys = torch.cat([_left_pad(a.keys, width, -2), _left_pad(b.keys, width, -2)])
             a.values = torch.cat([_left_pad(a.values, width, -2), _left_pad(b.values, width, -2)])
         self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(other.mask, width, 1)])

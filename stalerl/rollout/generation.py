@@ -144,7 +144,7 @@ def rows_per_chunk(batch_size: int, max_batch_tokens: int | None, prompt_length:
 
 def _generate_continuous(model, prompt_ids, prompt_mask, *, pad_id, eos_id, temperature, top_p, max_new_tokens,
                          batch_size, max_batch_tokens, logits_processor):
-    rows = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask)]
+    rows = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids, prompt_mask, strict=True)]
     # One draw from torch's global generator seeds every row's stream: the caller's seed decides.
     seed = int(torch.randint(0, 2**62, (1,)).item())
     tokens, log_prob, lengths = continuous.decode_continuous(
@@ -213,7 +213,7 @@ def _mask_through_eos(response: torch.Tensor, eos_id: int, lengths: list[int], r
     after_eos = (torch.cumsum(is_eos.to(torch.long), dim=1) - is_eos.to(torch.long)) > 0
     mask = (~after_eos).to(torch.long)
     row = 0
-    for n, length in zip(rows, lengths):
+    for n, length in zip(rows, lengths, strict=True):
         mask[row:row + n, length:] = 0
         row += n
     return mask
@@ -232,7 +232,7 @@ def behaviour_log_probs(
 ) -> torch.Tensor:
     """Log-probs of the responses under ``model`` (the training model), computed without grad.
 
-    This is how the behaviour log-probs of a generation batch are stored (SPEC §3): recomputed by
+    This is how the behaviour log-probs of a generation batch are stored (docs/DESIGN.md#stale-k): recomputed by
     the training model right after generation, as the released M2PO code does.
     """
     device = next(model.parameters()).device

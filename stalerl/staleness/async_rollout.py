@@ -1,7 +1,7 @@
 """Async mode (``stale.mode=async``): generation in its own process, overlapped with training.
 
-SPEC §3: "An async mode runs generation in its own process and training in another, with a bound
-on staleness, so that generation and training overlap." This module is that machinery; the loop
+docs/DESIGN.md#async: generation runs in its own process and training in another, with a bound
+on staleness, so that generation and training overlap. This module is that machinery; the loop
 (:func:`stalerl.training.loop.train`) only calls :class:`AsyncRollouts`.
 
 Processes and messages

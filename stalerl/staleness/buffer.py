@@ -1,4 +1,4 @@
-"""The stale-k buffer: a FIFO of generation batches (SPEC §3, the M2PO paper's protocol).
+"""The stale-k buffer: a FIFO of generation batches (docs/DESIGN.md#stale-k, the M2PO paper's protocol).
 
 A generation batch of P prompts x G responses is split into m optimizer mini-batches and each
 trajectory is used once. With staleness ``s`` (a multiple of m) the buffer holds ``s / m`` batches

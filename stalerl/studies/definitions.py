@@ -1,4 +1,4 @@
-"""The four studies of the seed papers (SPEC §6): conditions, scaling, and the claims to check.
+"""The four studies of the seed papers (docs/REPRODUCTION.md): conditions, scaling, and the claims to check.
 
 Each study is a list of :class:`Condition` (objective, hyperparameters, staleness) and a list of
 :class:`Claim` (the paper's statement and numbers, and a check that computes the testbed's numbers
@@ -76,6 +76,8 @@ class Study:
     setting the testbed defaults follow; ``stale.staleness`` replaces ``TESTBED_STALENESS``."""
     seeds: int = stats.DEFAULT_SEEDS
     """Seeds per condition (every study has claims about accuracy: 5)."""
+    paper: str = ""
+    """Title of the seed paper whose claims the study checks (written into ``verdicts.md``)."""
 
     def staleness(self, scale: str = "testbed", quick: bool = False) -> int:
         """The staleness S of the study's stale conditions at that scale."""
@@ -267,6 +269,7 @@ def _ac_final_bound(runs) -> dict[str, Any]:
 PROSPERITY = Study(
     name="prosperity",
     seed_file="m2po-prosperity-before-collapse.txt",
+    paper="Prosperity before Collapse: How Far Can Off-Policy RL Reach with Stale Data on LLMs?",
     title="Prosperity before collapse (M2PO paper)",
     conditions=[
         # verl's vanilla GRPO as the paper ran it: dual clip c = 3 (clip_ratio_c)
@@ -309,6 +312,7 @@ PROSPERITY = Study(
 MISPO_MECHANISM = Study(
     name="mispo-mechanism",
     seed_file="mispo-randomtraj-mechanism-test.txt",
+    paper="Does MIS-PO Need Ratio-Based Trajectory Selection? A Random-Rejection Mechanism Test",
     title="Does MIS-PO need ratio-based trajectory selection? (RandomTraj test)",
     conditions=[
         Condition("mispo", "mispo"),
@@ -342,6 +346,7 @@ MISPO_MECHANISM = Study(
 AC_MISPO = Study(
     name="ac-mispo",
     seed_file="ac-mispo-acceptance-control.txt",
+    paper="Acceptance-Controlled MIS-PO: Adaptive Trajectory Filtering for Stable Off-Policy RLVR Training",
     title="Acceptance-controlled MIS-PO",
     conditions=[
         Condition("grpo", "grpo_verl"),  # the paper's verl GRPO: dual clip c = 3
@@ -394,6 +399,7 @@ AC_MISPO = Study(
 MINPRO = Study(
     name="minpro",
     seed_file="minpro-prefix-importance-ratio.txt",
+    paper="Prefix Importance Ratio Stabilizes Policy Optimization",
     title="MinPRO: prefix importance ratio",
     conditions=[
         Condition("grpo", "grpo_clip_higher"),

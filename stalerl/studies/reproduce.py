@@ -89,7 +89,7 @@ def run_stats(run_dir: Path) -> dict[str, Any]:
     trained = [r["eval/accuracy"] for r in steps if r.get("step", 0) >= 1 and isinstance(r.get("eval/accuracy"), (int, float))]
     eval_steps = [r["step"] for r in steps if isinstance(r.get("eval/accuracy"), (int, float))]
     half = max(eval_steps or [0]) / 2
-    first_half = [a for st, a in zip(eval_steps, evals) if 0 < st <= half]
+    first_half = [a for st, a in zip(eval_steps, evals, strict=False) if 0 < st <= half]
     rewards = series("train/data_reward_mean")
     stats = {
         "eval_start": evals[0] if evals else None,
@@ -167,7 +167,7 @@ def write_verdicts(out: Path, study: Study, rows: list[dict[str, Any]], stats, s
     (out / "verdicts.json").write_text(json.dumps(rows, indent=2))
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     lines = [f"# {study.title}", "",
-             f"Seed paper: `shared/seeds/{study.seed_file}`. {seeds} seed(s) per condition"
+             f"Seed paper: *{study.paper or study.seed_file}*. {seeds} seed(s) per condition"
              + (" — **quick mode: a smoke test, the verdicts mean nothing**." if quick else "."),
              ("Intervals are 95% paired bootstrap intervals over seeds (and held-out problems where the claim "
               "is about accuracy); verdicts: reproduced / contradicted / inconclusive."), "",
@@ -342,7 +342,7 @@ def _report(out: Path, run_dirs: list[Path], title: str) -> None:
     try:
         build_report(run_dirs, out / "report", title=title)
     except Exception as err:  # the verdicts are written already; a figure must not lose them
-        print(f"stalerl reproduce: report failed ({err})")
+        warnings.warn(f"stalerl reproduce: report failed ({err}); verdicts.md and stats.json are written", stacklevel=2)
 
 
 def verdicts_from_stats(study_name: str, stats_file: str | Path) -> list[dict[str, Any]]:

@@ -1,7 +1,6 @@
 """The embedded CPU testbed: task, character tokenizer, small Qwen3 model, warm start.
 
-Everything a laptop without GPU or network needs to run the full stalerl loop
-(SPEC section 1, point 3):
+Everything a laptop without GPU or network needs to run the full stalerl loop:
 
 * :mod:`stalerl.testbed.task` -- procedurally generated, verifiable multi-step arithmetic
   (:func:`generate_problems`, :class:`Problem`, :data:`TESTBED_TEMPLATE`), with train and

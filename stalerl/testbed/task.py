@@ -1,6 +1,6 @@
 """A procedurally generated, verifiable multi-step arithmetic task.
 
-This is the task of the embedded CPU testbed (SPEC section 1, point 3). Every problem is a
+This is the task of the embedded CPU testbed. Every problem is a
 small integer expression such as ``(12+4)*3-15``; its answer is the exact integer value and
 its worked solution reduces the expression one operation at a time, in the order a person
 would (parentheses first, then ``*`` left to right, then ``+``/``-`` left to right)::

@@ -116,7 +116,7 @@ def _encode_batch(tokenizer, problems: list[Problem], max_len: int):
     input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
     lab_t = torch.full((len(seqs), width), -100, dtype=torch.long)
-    for i, (s, lab) in enumerate(zip(seqs, labels)):
+    for i, (s, lab) in enumerate(zip(seqs, labels, strict=True)):
         input_ids[i, : len(s)] = torch.tensor(s)
         attn[i, : len(s)] = 1
         lab_t[i, : len(lab)] = torch.tensor(lab)
@@ -185,7 +185,7 @@ def sample_accuracy(
                 )
                 out = model.generate(**enc, **gen_kwargs)
                 texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-                for (_, answer), text in zip(chunk, texts):
+                for (_, answer), text in zip(chunk, texts, strict=True):
                     completions.append(text)
                     correct += extract_boxed(text) == answer
     finally:
@@ -329,7 +329,7 @@ def _train_and_save(
         bs = recipe["batch_size"]
         data = generate_problems(steps * bs, split="train", seed=seed, levels=recipe["levels"], unique=False)
         decay, no_decay = [], []
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             (no_decay if p.ndim < 2 else decay).append(p)
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
@@ -386,6 +386,6 @@ def _train_and_save(
         "code_version": CODE_VERSION,
         "example_completions": [
             {"prompt": p.prompt, "answer": p.answer, "completion": c}
-            for p, c in list(zip(eval_problems, completions))[:5]
+            for p, c in list(zip(eval_problems, completions, strict=True))[:5]
         ],
     }

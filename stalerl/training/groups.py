@@ -91,7 +91,7 @@ def concat_generations(gens: list[Generation], pad_id: int) -> Generation:
         return torch.nn.functional.pad(t, (left, right), value=value)
 
     ids, attn, resp, lp = [], [], [], []
-    for g, lg in zip(gens, prompt_len):
+    for g, lg in zip(gens, prompt_len, strict=True):
         rg = g.response_mask.shape[1]
         ids.append(torch.cat([pad(g.input_ids[:, :lg], L - lg, 0, pad_id), pad(g.input_ids[:, lg:], 0, R - rg, pad_id)], 1))
         attn.append(torch.cat([pad(g.attention_mask[:, :lg], L - lg, 0, 0), pad(g.attention_mask[:, lg:], 0, R - rg, 0)], 1))

@@ -58,7 +58,7 @@ class RunLogger:
 
                 self._tb = SummaryWriter(str(run_dir / "tensorboard"))
             except Exception as err:  # tensorboard missing or broken: keep the JSON logs
-                print(f"stalerl: TensorBoard disabled ({err})")
+                warnings.warn(f"stalerl: TensorBoard disabled ({err}); the JSON logs are kept", stacklevel=2)
 
     def _truncate(self, step: int) -> None:
         """Drop records written after the checkpoint we resume from (they will be redone). Each file

@@ -1,4 +1,4 @@
-"""``stalerl train``: the off-policy RL loop on stale rollouts (SPEC §3-4), top to bottom.
+"""``stalerl train``: the off-policy RL loop on stale rollouts (docs/DESIGN.md#stale-k, #reliability), top to bottom.
 
 One *step* = generate until the stale buffer can be consumed, pop the oldest generation batch,
 run ``optim.mini_batches`` optimizer updates on it, log, evaluate, checkpoint::
@@ -15,7 +15,7 @@ With ``stale.mode=async`` the inner ``while`` is replaced by a rollout worker pr
 generates ahead, within the staleness bound, while the trainer trains
 (:mod:`stalerl.staleness.async_rollout`); the trainer sends it a policy snapshot after each step.
 
-Reliability (SPEC §4): a non-finite loss or gradient skips the update and is counted;
+Reliability (docs/DESIGN.md#reliability): a non-finite loss or gradient skips the update and is counted;
 ``optim.max_nonfinite_in_row`` in a row end the run, recorded as a crash at that step with the
 last good checkpoint intact. Checkpoints are atomic and ``resume`` continues exactly.
 """
@@ -26,6 +26,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -692,4 +693,4 @@ def _plots(run_dir: Path) -> None:
     try:
         learning_curves([run_dir], run_dir / "curves.png")
     except Exception as err:  # a plot must never lose a finished run
-        print(f"stalerl: could not draw curves ({err})")
+        warnings.warn(f"stalerl: could not draw curves ({err}); the run's logs are complete", stacklevel=2)
