@@ -7,7 +7,7 @@ count, 596M, and the output layer's cost are the real model's). Prompts come fro
 and its character tokenizer (ids below 100; the sampled ids above that decode to nothing, which
 only affects the reward). The model is saved and loaded through :func:`stalerl.training.loop.load_policy`
 exactly as ``stalerl train model.path=...`` loads a checkpoint, then each step runs the loop's own
-pieces: :func:`~stalerl.training.loop.make_rollout_batch` (generation, math-verify reward, group
+pieces: :func:`~stalerl.rollout.batch.make_rollout_batch` (generation, math-verify reward, group
 advantages, behaviour log-probs) and :func:`~stalerl.training.loop.update` (GRPO, token-budget
 micro-batches, float32 masters with bf16 autocast, AdamW at lr 1e-6). A random model rarely emits
 EOS, and ``min_new_tokens`` is set to the cap in the model's generation config, so every response
@@ -113,6 +113,8 @@ def main(argv=None) -> dict[str, float]:
     args = parse_args(argv)
     from stalerl import objectives
     from stalerl.data.prompts import PromptSampler, build_prompts
+    from stalerl.rewards import build_reward_fn
+    from stalerl.rollout.batch import make_rollout_batch
     from stalerl.training import loop
     from stalerl.training.config import load_config
 
@@ -140,7 +142,7 @@ def main(argv=None) -> dict[str, float]:
     objective = objectives.build(config.objective.name)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, betas=tuple(config.optim.betas),
                                   weight_decay=config.optim.weight_decay)
-    reward_fn = loop._make_reward(config)
+    reward_fn = build_reward_fn(config.reward)
     state = loop.LoopState()
     peak_flops = args.peak_tflops * 1e12
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
@@ -153,7 +155,7 @@ def main(argv=None) -> dict[str, float]:
     rows = []
     try:
         for step in range(args.steps):
-            batch = loop.make_rollout_batch(config, model, tokenizer, sampler, reward_fn, state.updates, False)
+            batch = make_rollout_batch(config, model, tokenizer, sampler, reward_fn, state.updates, False)
             gen_tokens, t_gen = batch.info["perf/generated_tokens"], batch.info["time/generate"]
             _sync(device)
             t0 = time.perf_counter()

@@ -4,7 +4,7 @@ Compares, at a Qwen-sized head (V = 151,936, H = 1024 as in Qwen3-0.6B):
 
 * ``naive``: ``logits = hidden @ W.T`` upcast to float32, ``/ temperature``,
   ``log_softmax``, gather; entropy from the same distribution (detached);
-* ``chunked``: :func:`stalerl.training.logprobs.token_log_probs_from_hidden`
+* ``chunked``: :func:`stalerl.models.logprobs.token_log_probs_from_hidden`
   (entropy computed, detached), for one or more chunk sizes.
 
 The loss is ``(log_prob * random weights).sum()`` and the backward pass computes the
@@ -105,7 +105,7 @@ def _worker(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from stalerl.training.logprobs import token_log_probs_from_hidden
+    from stalerl.models.logprobs import token_log_probs_from_hidden
 
     dev = torch.device(args.device)
     dtype = getattr(torch, DTYPES[args.dtype])

@@ -5,8 +5,8 @@ A package writes::
 
     __getattr__, __dir__ = lazy_exports(__name__, {"train": "stalerl.training.loop"})
 
-so that importing the package stays cheap and free of import cycles (the training loop imports
-the rollout package, which imports the training package's log-prob module).
+so that importing the package stays cheap: torch and transformers load when a name that needs
+them is first used.
 """
 
 from __future__ import annotations

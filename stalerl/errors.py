@@ -9,11 +9,15 @@ What each error refuses is listed in ``docs/REFUSALS.md``.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "CheckpointError", "OutputError", "RunDirError", "RunLockedError"]
+__all__ = ["UserError", "ConfigError", "CheckpointError", "OutputError", "RunDirError", "RunLockedError"]
 
 
 class UserError(ValueError):
     """Base of every anticipated failure the CLI turns into one line and exit status 2."""
+
+
+class ConfigError(UserError):
+    """A configuration key is unknown, or its value has the wrong type or lies outside its range."""
 
 
 class CheckpointError(UserError):

@@ -14,7 +14,7 @@ import pytest
 import stalerl
 
 PACKAGE = Path(stalerl.__file__).parent
-PUBLIC_PACKAGES = ["objectives", "training", "data", "rewards", "evaluation", "staleness", "rollout", "studies",
+PUBLIC_PACKAGES = ["objectives", "training", "data", "rewards", "evaluation", "staleness", "rollout", "models", "studies",
                    "integrations", "testbed"]
 
 

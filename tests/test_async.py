@@ -132,7 +132,7 @@ def test_pack_roundtrip():
 def test_worker_versions_are_what_they_claim(async_env, tmp_path):
     """Drive the worker by hand: perturbed weights per version, then check every batch's
     behaviour log-probs against a recomputation at the version it claims, and the bound."""
-    from stalerl.training.logprobs import completion_log_probs
+    from stalerl.models.logprobs import completion_log_probs
     from stalerl.training.loop import load_policy
 
     config = _config(async_env, tmp_path / "run")

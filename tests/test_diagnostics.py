@@ -1,4 +1,4 @@
-"""stalerl.diagnostics on synthetic inputs with known answers, and its run-directory loaders."""
+"""stalerl.evaluation.diagnostics on synthetic inputs with known answers, and its run-directory loaders."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import yaml
 from scipy import stats
 
-import stalerl.diagnostics as sd
+import stalerl.evaluation.diagnostics as sd
 from stalerl.evaluation import diagnostics as diag
 
 

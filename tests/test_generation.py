@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from stalerl.models.logprobs import completion_log_probs
 from stalerl.rollout import engine as continuous
 from stalerl.rollout.generation import ENGINES, generate, rows_per_chunk
 from stalerl.training.config import ConfigError, load_config
-from stalerl.training.logprobs import completion_log_probs
 
 PROMPTS = ["12+34=", "7*8-1=", "100+2=", "3="]
 

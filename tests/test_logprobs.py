@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stalerl.training.logprobs import (
+from stalerl.models.logprobs import (
     completion_log_probs,
     position_ids_from_attention_mask,
     token_log_probs_from_hidden,

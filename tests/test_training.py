@@ -17,10 +17,12 @@ import torch
 from safetensors.torch import load_file
 
 from stalerl.cli.main import main as cli_main
-from stalerl.staleness.buffer import RolloutBatch, StaleBuffer, expected_policy_version
+from stalerl.rollout import batch as rollout_batch
+from stalerl.rollout.advantages import group_advantages
+from stalerl.rollout.batch import RolloutBatch
+from stalerl.staleness.buffer import StaleBuffer, expected_policy_version
 from stalerl.training import checkpoint as ckpt
 from stalerl.training import loop
-from stalerl.training.advantages import group_advantages
 from stalerl.training.config import ConfigError, load_config
 from stalerl.training.logger import read_jsonl
 from stalerl.training.loop import train
@@ -427,8 +429,8 @@ def test_empty_completion_timeout_and_identical_rewards_are_counted(make_config,
         def close(self):
             self.verifier.close()
 
-    monkeypatch.setattr(loop, "generate", generate_with_empty_row)
-    monkeypatch.setattr(loop, "_make_reward", lambda config: Reward())
+    monkeypatch.setattr(rollout_batch, "generate", generate_with_empty_row)
+    monkeypatch.setattr(loop, "build_reward_fn", lambda reward_config: Reward())
     result = train(make_config("steps=1", "stale.staleness=0", "objective.name=grpo", "rollout.prompts_per_step=2"))
     assert result.crashed_at is None
     rec = _steps(result.run_dir)[-1]
@@ -530,7 +532,7 @@ def stale_batch(tiny_testbed):
             n = len(texts)
             return SimpleNamespace(scores=scores, correct=[s > 0.5 for s in scores], extracted=[True] * n, counts={})
 
-    batch = loop.make_rollout_batch(config, model, tokenizer, PromptSampler(prompts, seed=0), Reward(), 0, True)
+    batch = rollout_batch.make_rollout_batch(config, model, tokenizer, PromptSampler(prompts, seed=0), Reward(), 0, True)
     g = torch.Generator().manual_seed(1)
     flat = batch.old_log_prob_flat  # one entry per response token (the buffer stores them unpadded)
     batch.old_log_prob_flat = flat + 0.05 * torch.randn(flat.shape, generator=g)
@@ -595,7 +597,8 @@ def test_eval_top_p_replaces_rollout_top_p_in_evaluation(make_config, monkeypatc
         used.append(kwargs["top_p"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "generate", spy)
+    monkeypatch.setattr(loop, "generate", spy)  # evaluation
+    monkeypatch.setattr(rollout_batch, "generate", spy)  # rollouts
     config = make_config("steps=1", "stale.staleness=0", "eval.top_p=0.7", "rollout.top_p=0.9")
     train(config)
     assert 0.7 in used and 0.9 in used  # evaluation at 0.7, rollouts at 0.9

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from stalerl.cli.main import main as cli_main
-from stalerl.rollout.generation import Generation
 from stalerl.rewards.reward import RewardBatch, UserReward
+from stalerl.rollout import groups
+from stalerl.rollout.generation import Generation
 from stalerl.staleness.buffer import expected_policy_version
-from stalerl.training import groups, loss_terms
+from stalerl.training import loss_terms
 from stalerl.training.config import ConfigError, load_config
 from stalerl.training.logger import read_jsonl, trackers
 from stalerl.training.loop import train
@@ -299,13 +300,15 @@ def test_overlong_penalty_is_added_before_the_equal_reward_filter(make_config):
 
 def test_mask_truncated_completions_zeroes_their_rows(make_config, tiny_testbed):
     from stalerl.data.prompts import PromptSampler, build_prompts
-    from stalerl.training.loop import _make_reward, load_policy, make_rollout_batch
+    from stalerl.rewards.reward import build_reward_fn
+    from stalerl.rollout.batch import make_rollout_batch
+    from stalerl.training.loop import load_policy
 
     config = make_config("rollout.max_new_tokens=3", "algorithm.mask_truncated_completions=true")
     model, tokenizer, _ = load_policy(config, progress=False)
     prompts, _ = build_prompts("testbed", split="train", size=8, tokenizer=tokenizer, data_config=config.data, seed=0)
     torch.manual_seed(0)
-    batch = make_rollout_batch(config, model, tokenizer, PromptSampler(prompts, 0), _make_reward(config), 0, False)
+    batch = make_rollout_batch(config, model, tokenizer, PromptSampler(prompts, 0), build_reward_fn(config.reward), 0, False)
     lengths = batch.attention_mask[:, -3:].sum(-1)
     truncated = (lengths == 3) & (batch.input_ids[:, -1] != tokenizer.eos_token_id)
     assert truncated.any()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from stalerl import objectives
-from stalerl.staleness.buffer import RolloutBatch
+from stalerl.rollout.batch import RolloutBatch
 from stalerl.training import loop
 from stalerl.training.loop import LoopState, load_policy
 
@@ -89,7 +89,7 @@ def test_chunked_head_under_autocast_runs_in_bf16_and_gives_float32_master_gradi
     """Over float32 masters under bf16 autocast the output layer's matmuls run in bf16 (the
     log-probs differ from float32 by bf16 rounding, not more) and the master gets a float32
     gradient close to the float32 one."""
-    from stalerl.training.logprobs import token_log_probs_from_hidden
+    from stalerl.models.logprobs import token_log_probs_from_hidden
 
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(6, 32, generator=g)
@@ -110,7 +110,7 @@ def test_chunked_head_under_autocast_runs_in_bf16_and_gives_float32_master_gradi
 
 
 def test_generation_samples_from_a_compute_dtype_copy_of_the_masters(make_config):
-    from stalerl.training import precision
+    from stalerl.models import precision
 
     config = make_config("model.dtype=bfloat16")
     model, _, _ = load_policy(config, progress=False)

@@ -290,7 +290,7 @@ def evaluate_checkpoint(
     if max_new_tokens is None:
         max_new_tokens = int((run_cfg.get("rollout") or {}).get("max_new_tokens") or 0) or None
     if device != "auto":
-        from stalerl.training.loop import resolve_device
+        from stalerl.models.device import resolve_device
 
         device = str(resolve_device(device))
     model, tokenizer = _load_model(resolved.model_path, device, dtype)

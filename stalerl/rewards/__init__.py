@@ -6,10 +6,11 @@
 * :class:`MathReward` -- the M2PO reward (1.0 correct, ``format_score`` for an extracted wrong
   answer, 0 otherwise), returning a :class:`RewardBatch`.
 * :func:`load_reward_fn` -- a user reward ``"pkg.mod:fn"`` or ``"/path/file.py:fn"``.
+* :func:`build_reward_fn` -- the run's reward from its ``reward`` config section.
 """
 
 from stalerl.rewards.boxed import last_boxed
-from stalerl.rewards.reward import MathReward, RewardBatch, UserReward, load_reward_fn, make_reward
+from stalerl.rewards.reward import MathReward, RewardBatch, UserReward, build_reward_fn, load_reward_fn, make_reward
 from stalerl.rewards.verifier import STATUSES, MathVerifier, VerifyResult, wrap_for_parse
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "UserReward",
     "load_reward_fn",
     "make_reward",
+    "build_reward_fn",
 ]

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from stalerl.rewards.boxed import last_boxed
-from stalerl.rewards.verifier import MathVerifier, _import_object
+from stalerl.rewards.verifier import MathVerifier, import_object
 
-__all__ = ["RewardBatch", "MathReward", "UserReward", "load_reward_fn", "make_reward"]
+__all__ = ["RewardBatch", "MathReward", "UserReward", "load_reward_fn", "make_reward", "build_reward_fn"]
 
 
 @dataclass
@@ -325,7 +325,7 @@ def load_reward_fn(path: str, *, correct_threshold: float = 1.0) -> UserReward:
             "'/path/to/file.py:function'"
         )
     try:
-        fn = _import_object(path)
+        fn = import_object(path)
     except AttributeError as exc:
         raise ValueError(f"reward function {path!r}: attribute not found ({exc})") from exc
     except (ImportError, SyntaxError, ValueError, OSError) as exc:
@@ -358,3 +358,14 @@ def make_reward(spec: str = "math", **kwargs: Any) -> MathReward | UserReward:
         return MathReward(**kwargs)
     return load_reward_fn(spec, **kwargs)
 
+
+def build_reward_fn(config: Any) -> MathReward | UserReward:
+    """The run's reward function from its ``reward`` config section
+    (:class:`stalerl.training.config.RewardConfig`): the user's function when ``reward.function``
+    is set, else :class:`MathReward` with the section's ``format_score``, ``num_workers``,
+    ``timeout_s`` and ``memory_limit_mb``. The training loop and the rollout worker both build
+    theirs here."""
+    if config.function:
+        return load_reward_fn(config.function)
+    return MathReward(format_score=config.format_score, num_workers=config.num_workers, timeout_s=config.timeout_s,
+                      memory_limit_mb=config.memory_limit_mb)

@@ -187,7 +187,7 @@ def _read_exact(fd: int, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def _import_object(spec: str) -> Any:
+def import_object(spec: str) -> Any:
     """Import ``"package.module:attr"`` or ``"/path/to/file.py:attr"`` and return the attribute.
 
     Raises ``ImportError``/``AttributeError``/``ValueError`` with the underlying cause.
@@ -276,7 +276,7 @@ def _worker_main(argv: Sequence[str]) -> int:
         except Exception:
             pass
     else:
-        check = _import_object(check_spec)
+        check = import_object(check_spec)
     _set_memory_limit(memory_limit_mb)
     _send(out_fd, ("ready", os.getpid()))
 

@@ -28,8 +28,8 @@ from typing import Literal
 
 import torch
 
+from stalerl.models.logprobs import completion_log_probs
 from stalerl.rollout import engine as continuous
-from stalerl.training.logprobs import completion_log_probs
 
 Engine = Literal["continuous", "static"]
 ENGINES: tuple[str, ...] = ("continuous", "static")

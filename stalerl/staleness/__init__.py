@@ -1,6 +1,7 @@
 """Stale rollouts: the stale-k buffer and the asynchronous rollout worker.
 
-* :class:`StaleBuffer` -- the FIFO of generation batches (:class:`RolloutBatch`) that gives every
+* :class:`StaleBuffer` -- the FIFO of generation batches (:class:`RolloutBatch`, made by
+  :mod:`stalerl.rollout.batch` and named here too) that gives every
   update data exactly ``s`` to ``s + m - 1`` updates old (docs/DESIGN.md#stale-k);
   :func:`expected_policy_version` is the version the protocol prescribes.
 * :class:`AsyncRollouts` / :class:`AsyncRolloutWorker` -- generation in its own process within
@@ -12,7 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from stalerl._lazy import lazy_exports
-from stalerl.staleness.buffer import RolloutBatch, StaleBuffer, expected_policy_version
+from stalerl.rollout.batch import RolloutBatch
+from stalerl.staleness.buffer import StaleBuffer, expected_policy_version
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from stalerl.staleness.async_rollout import (

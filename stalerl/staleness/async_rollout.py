@@ -9,8 +9,8 @@ Processes and messages
 * The **trainer** (the process running ``train``) owns the optimizer and the training model.
 * The **rollout worker** (:class:`AsyncRolloutWorker`, a ``torch.multiprocessing`` *spawn*
   process) owns its own copy of the model, the prompt sampler and the reward function. It builds
-  :class:`~stalerl.staleness.buffer.RolloutBatch` es exactly as the sync loop does
-  (:func:`stalerl.training.loop.make_rollout_batch`: generation, reward, group advantages and the
+  :class:`~stalerl.rollout.batch.RolloutBatch` es exactly as the sync loop does
+  (:func:`stalerl.rollout.batch.make_rollout_batch`: generation, reward, group advantages and the
   behaviour log-probs, computed by the worker's copy, which holds the training model's weights at
   the batch's ``policy_version``), and sends them through a bounded queue.
 * After every step (``m`` optimizer updates) the trainer sends a **policy snapshot**: the
@@ -97,9 +97,12 @@ from typing import Any
 import torch
 import torch.multiprocessing as tmp
 
+from stalerl.models.device import resolve_device
+from stalerl.models.precision import DTYPES
+from stalerl.rewards.reward import build_reward_fn
+from stalerl.rollout.batch import RolloutBatch, make_rollout_batch
 from stalerl.runtime import available_cores, choose_threads, set_threads, split_cores
-from stalerl.staleness.buffer import RolloutBatch, StaleBuffer
-from stalerl.training.precision import DTYPES
+from stalerl.staleness.buffer import StaleBuffer
 
 __all__ = [
     "AsyncRollouts",
@@ -235,7 +238,6 @@ def _worker_main(config, model_path: str, start_batch: int, end_batch: int, samp
         from transformers.utils import logging as hf_logging
 
         from stalerl.data.prompts import PromptSampler, build_prompts, prompt_limits
-        from stalerl.training.loop import _make_reward, make_rollout_batch, resolve_device
 
         hf_logging.disable_progress_bar()
         # Sampling noise differs from the trainer's stream; seeded per (run seed, start batch).
@@ -257,7 +259,7 @@ def _worker_main(config, model_path: str, start_batch: int, end_batch: int, samp
         )
         sampler = PromptSampler(train_prompts, seed=config.seed)
         sampler.load_state_dict(sampler_state)
-        reward_fn = _make_reward(config)
+        reward_fn = build_reward_fn(config.reward)
         s, m = config.stale.staleness, config.optim.mini_batches
         version = -1  # no snapshot loaded yet
 

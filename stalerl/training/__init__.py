@@ -4,11 +4,11 @@
   returning a :class:`RunResult`.
 * :class:`TrainConfig` and its sections, :func:`load_config` (defaults <- YAML file <- overrides),
   :class:`ConfigError` (:mod:`stalerl.training.config`); :func:`config_help` prints every key.
-* :func:`group_advantages` (GRPO advantages), :func:`completion_log_probs` (the memory-light
-  log-prob path), checkpoints (:mod:`stalerl.training.checkpoint`) and the run logger.
+* Checkpoints (:mod:`stalerl.training.checkpoint`) and the run logger.
+* :func:`group_advantages` (from :mod:`stalerl.rollout.advantages`) and :func:`completion_log_probs`
+  (from :mod:`stalerl.models.logprobs`), named here too for code that imported them from this package.
 
-Everything is imported on first use: :mod:`stalerl.rollout` imports the log-prob module of this
-package, and the loop imports :mod:`stalerl.rollout`.
+Everything is imported on first use, so that importing the package stays cheap.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 from stalerl._lazy import lazy_exports
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from stalerl.training.advantages import group_advantages
+    from stalerl.models.logprobs import completion_log_probs
+    from stalerl.rollout.advantages import group_advantages
     from stalerl.training.config import (
         AlgorithmConfig, ConfigError, DataConfig, EvalConfig, ModelConfig, ObjectiveSection, OptimConfig,
         RewardConfig, RolloutConfig, StalenessConfig, TrainConfig, load_config, packaged_configs, to_dict, validate,
     )
     from stalerl.training.config_help import config_help
     from stalerl.training.logger import read_jsonl
-    from stalerl.training.logprobs import completion_log_probs
     from stalerl.training.loop import RunResult, TrainingCrashed, train
 
 _CONFIG = "stalerl.training.config"
@@ -49,8 +49,8 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "to_dict": _CONFIG,
     "validate": _CONFIG,
     "config_help": "stalerl.training.config_help",
-    "group_advantages": "stalerl.training.advantages",
-    "completion_log_probs": "stalerl.training.logprobs",
+    "group_advantages": "stalerl.rollout.advantages",
+    "completion_log_probs": "stalerl.models.logprobs",
     "read_jsonl": "stalerl.training.logger",
 })
 

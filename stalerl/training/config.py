@@ -19,11 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from stalerl.errors import UserError
-
-
-class ConfigError(UserError):
-    """A configuration key is unknown, or its value has the wrong type or lies outside its range."""
+from stalerl.errors import ConfigError
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -152,7 +148,7 @@ class ModelConfig:
     ``float16``: mixed precision: float32 master weights, gradients and AdamW states; the scoring
     passes (behaviour log-probs, training) under ``torch.autocast`` in this dtype, and generation
     from a copy of the weights in this dtype (as the async rollout worker's copy); log-probs and
-    the objective stay float32 (:mod:`stalerl.training.precision`). With ``master_weights=false``
+    the objective stay float32 (:mod:`stalerl.models.precision`). With ``master_weights=false``
     the weights and AdamW states themselves are stored in this dtype. ``float16`` has no loss
     scaling: prefer ``bfloat16``."""
     device: str = "auto"

@@ -36,17 +36,19 @@ import torch
 
 from stalerl import objectives
 from stalerl.data.prompts import PromptSampler, build_prompts, prompt_limits
+from stalerl.models import precision
+from stalerl.models.device import resolve_device
+from stalerl.models.logprobs import completion_log_probs
 from stalerl.objectives.core import Stat
-from stalerl.rollout.generation import behaviour_log_probs, generate
+from stalerl.rewards.reward import build_reward_fn
+from stalerl.rollout.batch import RolloutBatch, make_rollout_batch
+from stalerl.rollout.generation import generate
 from stalerl.runtime import choose_threads, set_threads
-from stalerl.staleness.buffer import RolloutBatch, StaleBuffer
+from stalerl.staleness.buffer import StaleBuffer
 from stalerl.training import checkpoint as ckpt
-from stalerl.training import precision, rundir
-from stalerl.training.advantages import group_advantages
-from stalerl.training.config import ConfigError, TrainConfig, to_dict, validate
-from stalerl.training.groups import collect_groups, score_groups
+from stalerl.training import rundir
+from stalerl.training.config import TrainConfig, to_dict, validate
 from stalerl.training.logger import EVAL_PROBLEMS_KEY, make_run_logger, read_jsonl
-from stalerl.training.logprobs import completion_log_probs
 from stalerl.training.loss_terms import build_loss_terms
 from stalerl.training.schedule import build_scheduler
 
@@ -78,27 +80,6 @@ class LoopState:
 
 
 # ============================================================================ setup
-
-def resolve_device(name: str) -> torch.device:
-    """``model.device`` as a torch device that exists on this machine (else a :class:`ConfigError`)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"model.device={name!r} is not a device name; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (device.index or 0) >= count:
-            raise ConfigError(f"model.device={name!r} does not exist here: this machine has {count} CUDA device(s); "
-                              "use auto or cpu")
-    elif device.type != "cpu":
-        try:
-            torch.empty(0, device=device)
-        except (RuntimeError, AssertionError) as err:
-            raise ConfigError(f"model.device={name!r} is not usable here ({' '.join(str(err).split())[:120]})") from None
-    return device
-
 
 def load_policy(config: TrainConfig, progress: bool = True):
     """The policy model and tokenizer: the warm-started testbed or any HF causal LM directory/name."""
@@ -168,67 +149,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ============================================================================ rollouts
-
-def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_version: int, record_rollout: bool):
-    """Generate one batch (P prompts x G responses) with the current policy and score it; the
-    ``algorithm`` options (DAPO's overlong penalty and dynamic sampling, masking truncated
-    completions) act here, through :mod:`stalerl.training.groups`."""
-    rc = config.rollout
-    times = {"time/generate": 0.0, "time/score": 0.0}
-    sampling_model = precision.generation_model(model, config.model)  # bf16 copy over float32 masters
-
-    def sample_round(n_prompts: int):
-        prompts = sampler.take(n_prompts)
-        t0 = time.perf_counter()
-        gen = generate(
-            sampling_model, tokenizer, [p.text for p in prompts], group_size=rc.group_size,
-            temperature=rc.temperature, top_p=rc.top_p, max_new_tokens=rc.max_new_tokens, batch_size=rc.batch_size,
-            record_log_prob=record_rollout, engine=rc.engine, max_batch_tokens=rc.max_batch_tokens,
-        )
-        times["time/generate"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        scored = score_groups(reward_fn, gen.texts, prompts, rc.group_size)
-        times["time/score"] += time.perf_counter() - t0
-        return gen, scored
-
-    gen, scored, rewards, shaping = collect_groups(sample_round, config, tokenizer.pad_token_id)
-    sampling_model = None  # free the copy before the behaviour pass
-    t_generate, t_score = times["time/generate"], times["time/score"]
-    advantages, zero_variance = group_advantages(rewards, rc.group_size)
-    t0 = time.perf_counter()
-    with _compute(config, model):
-        old_log_prob = behaviour_log_probs(
-            model, gen.input_ids, gen.attention_mask, gen.response_mask.shape[1], temperature=rc.temperature,
-            micro_batch_size=config.optim.micro_batch_size, chunk_size=config.model.logprob_chunk_size,
-        )
-    t_behaviour = time.perf_counter() - t0
-    lengths = gen.response_mask.sum(-1).float()
-    info = {
-        "rollout/reward_mean": rewards.mean().item(),
-        "rollout/accuracy": float(np.mean(scored.correct)),
-        "rollout/extracted": float(np.mean(scored.extracted)),
-        "rollout/response_length_mean": lengths.mean().item(),
-        "rollout/response_length_max": lengths.max().item(),
-        "rollout/truncated_frac": gen.truncated.float().mean().item(),
-        "rollout/zero_variance_group_frac": zero_variance,
-        "rollout/policy_version": float(policy_version),
-        "time/generate": t_generate,
-        "time/score": t_score,
-        "time/behaviour_logprob": t_behaviour,
-        "perf/generated_tokens": lengths.sum().item(),
-    }
-    for key, count in scored.counts.items():
-        info[f"rollout/count_{key}"] = float(count)
-    info.update(shaping)
-    loss_rows = ~gen.truncated if config.algorithm.mask_truncated_completions else None
-    return RolloutBatch(
-        input_ids=gen.input_ids, attention_mask=gen.attention_mask, response_mask=gen.response_mask,
-        old_log_prob=old_log_prob, advantages=advantages, rewards=rewards, policy_version=policy_version,
-        rollout_log_prob=gen.rollout_log_prob, info=info, pad_token_id=tokenizer.pad_token_id, loss_rows=loss_rows,
-    )
 
 
 def _compute(config, model):
@@ -447,7 +367,7 @@ def _train(config: TrainConfig, run_dir: Path, resume_from: Path | None, progres
     scheduler = build_scheduler(optimizer, config.optim, total_updates=config.steps * config.optim.mini_batches)
     loss_terms = build_loss_terms(config, model, model_path)
     buffer = StaleBuffer(config.stale.staleness, config.optim.mini_batches)
-    reward_fn = _make_reward(config)
+    reward_fn = build_reward_fn(config.reward)
     record_rollout = objective.requires_rollout_log_prob or getattr(objective.config, "reference", "") == "rollout"
     state = LoopState()
 
@@ -578,16 +498,6 @@ def build_objective(config: TrainConfig):
     if "updates_per_train_step" in fields:
         hparams.setdefault("updates_per_train_step", config.optim.mini_batches)
     return objectives.build(config.objective.name, **hparams)
-
-
-def _make_reward(config):
-    from stalerl.rewards.reward import MathReward, load_reward_fn
-
-    rc = config.reward
-    if rc.function:
-        return load_reward_fn(rc.function)
-    return MathReward(format_score=rc.format_score, num_workers=rc.num_workers, timeout_s=rc.timeout_s,
-                      memory_limit_mb=rc.memory_limit_mb)
 
 
 def _set_threads(config: TrainConfig) -> int:

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
+from stalerl.models.logprobs import completion_log_probs
 from stalerl.objectives import core
-from stalerl.training.logprobs import completion_log_probs
 
 __all__ = ["kl_estimate", "LossTerms", "build_loss_terms"]
 

@@ -1,7 +1,7 @@
 """Shaping one generation batch: DAPO's overlong penalty, dynamic sampling and overlong masking.
 
 All three are off by default (``algorithm.*``, see docs/OPTIONS.md) and act inside
-:func:`stalerl.training.loop.make_rollout_batch`, so a batch keeps the policy version of the model
+:func:`stalerl.rollout.batch.make_rollout_batch`, so a batch keeps the policy version of the model
 that generated every one of its rounds (the sync loop and the async worker do not change the
 model while they make a batch).
 

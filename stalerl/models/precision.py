@@ -7,7 +7,7 @@ under ``torch.autocast`` in the low-precision dtype: matmuls in bf16/fp16, norms
 log-prob reduction in float32. Generation samples from a copy of the weights in the low-precision
 dtype made from the masters at each generation call (:func:`generation_model`), as the async
 worker and an inference engine do. The sampler's and the behaviour log-probs and the objective
-are float32 (:func:`stalerl.training.logprobs.completion_log_probs` upcasts each chunk's logits;
+are float32 (:func:`stalerl.models.logprobs.completion_log_probs` upcasts each chunk's logits;
 the objective runs outside the autocast region).
 
 Why autocast and not a bf16 compute copy refreshed after each step: autocast keeps one set of
