@@ -2,9 +2,11 @@
 
 The core is :mod:`stalerl.objectives` (every policy objective behind one contract); around it,
 the stale-k buffer (:mod:`stalerl.staleness`), generation (:mod:`stalerl.rollout`), verifiable
-rewards (:mod:`stalerl.rewards`), data (:mod:`stalerl.data`), the embedded CPU testbed
-(:mod:`stalerl.testbed`), the training loop (:mod:`stalerl.training`), evaluation and reports
-(:mod:`stalerl.evaluation`), and integrations with verl and TRL (:mod:`stalerl.integrations`).
+rewards (:mod:`stalerl.rewards`), data (:mod:`stalerl.data`), the policy model's device, precision
+and per-token log-probs (:mod:`stalerl.models`), the embedded CPU testbed (:mod:`stalerl.testbed`),
+the training loop (:mod:`stalerl.training`), evaluation and reports (:mod:`stalerl.evaluation`),
+and integrations with verl and TRL (:mod:`stalerl.integrations`). Which may import which is in
+docs/DESIGN.md#layers.
 
 A run from Python (the same as ``stalerl train --config testbed steps=20``)::
 
