@@ -63,12 +63,17 @@ def top_package(module: str) -> str:
 
 def imports_of(path: Path, package: Path) -> list[tuple[int, str, str | None]]:
     """``(line, module, name)`` of every stalerl import in ``path``: ``name`` is the imported
-    attribute, or None when the import names a module."""
+    attribute, or None when the import names a module. A name a package exports lazily
+    (``lazy_exports(__name__, {name: module})``) counts as imported from its module."""
     module = module_name(path, package)
     is_package = path.name == "__init__.py"
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "lazy_exports":  # imports on first use
+            mapping = node.args[1] if len(node.args) > 1 and isinstance(node.args[1], ast.Dict) else ast.Dict([], [])
+            found += [(v.lineno, v.value, k.value) for k, v in zip(mapping.keys, mapping.values, strict=True)
+                      if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)]
+        elif isinstance(node, ast.Import):
             found += [(node.lineno, a.name, None) for a in node.names if a.name.split(".")[0] == "stalerl"]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -130,6 +135,8 @@ def test_checker_flags_an_upward_import_and_a_private_name(tmp_path):
         "    from stalerl.training.loop import _reward, make_batch\n"  # up a layer, and private
         "    from ..training import loop\n"                   # up a layer, relative
     )
+    (package / "rewards" / "__init__.py").write_text(
+        "__getattr__, __dir__ = lazy_exports(__name__, {'build': 'stalerl.rewards.reward', 'run': 'stalerl.rollout.batch'})\n")
     (package / "orphan.py").write_text("")
     problems = import_problems(package)
     assert sorted(p.split(": ", 1)[1] for p in problems) == sorted([
@@ -138,6 +145,7 @@ def test_checker_flags_an_upward_import_and_a_private_name(tmp_path):
         "stalerl.rollout imports stalerl.training.loop (stalerl.training, a higher layer)",
         "imports the private stalerl.training.loop._reward of another package",
         "stalerl.rollout imports stalerl.training.loop (stalerl.training, a higher layer)",
+        "stalerl.rewards imports stalerl.rollout.batch (stalerl.rollout, a higher layer)",
     ]), problems
     lines = sorted(p.split(": ", 1)[0] for p in problems if "rollout/batch.py" in p)
     assert lines == ["stalerl/rollout/batch.py:5"] * 3 + ["stalerl/rollout/batch.py:6"]
