@@ -68,11 +68,16 @@ def imports_of(path: Path, package: Path) -> list[tuple[int, str, str | None]]:
     module = module_name(path, package)
     is_package = path.name == "__init__.py"
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    strings = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+               for t in n.targets if isinstance(t, ast.Name)}  # _ASYNC = "stalerl.staleness.async_rollout"
+    for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "lazy_exports":  # imports on first use
             mapping = node.args[1] if len(node.args) > 1 and isinstance(node.args[1], ast.Dict) else ast.Dict([], [])
-            found += [(v.lineno, v.value, k.value) for k, v in zip(mapping.keys, mapping.values, strict=True)
-                      if isinstance(k, ast.Constant) and isinstance(v, ast.Constant)]
+            for key, value in zip(mapping.keys, mapping.values, strict=True):
+                source = value.value if isinstance(value, ast.Constant) else strings.get(getattr(value, "id", None))
+                if isinstance(key, ast.Constant) and isinstance(source, str):
+                    found.append((value.lineno, source, key.value))
         elif isinstance(node, ast.Import):
             found += [(node.lineno, a.name, None) for a in node.names if a.name.split(".")[0] == "stalerl"]
         elif isinstance(node, ast.ImportFrom):
@@ -136,7 +141,8 @@ def test_checker_flags_an_upward_import_and_a_private_name(tmp_path):
         "    from ..training import loop\n"                   # up a layer, relative
     )
     (package / "rewards" / "__init__.py").write_text(
-        "__getattr__, __dir__ = lazy_exports(__name__, {'build': 'stalerl.rewards.reward', 'run': 'stalerl.rollout.batch'})\n")
+        "_BATCH = 'stalerl.rollout.batch'\n"
+        "__getattr__, __dir__ = lazy_exports(__name__, {'build': 'stalerl.rewards.reward', 'run': _BATCH})\n")
     (package / "orphan.py").write_text("")
     problems = import_problems(package)
     assert sorted(p.split(": ", 1)[1] for p in problems) == sorted([
