@@ -97,10 +97,10 @@ def load_objective_class(spec: str) -> type[Objective]:
     from :class:`ObjectiveConfig`; each violation is a ``ValueError`` that says what to add.
     """
     # the reward loader's importer: it runs a file by path or imports a module, stdlib only
-    from stalerl.rewards.verifier import _import_object
+    from stalerl.rewards.verifier_pool import import_object
 
     try:
-        cls = _import_object(spec)
+        cls = import_object(spec)
     except AttributeError as err:
         raise ValueError(f"objective {spec!r}: class not found in that module ({err})") from None
     except Exception as err:  # the user's module may raise anything while it is imported

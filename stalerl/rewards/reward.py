@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from stalerl.rewards.boxed import last_boxed
-from stalerl.rewards.verifier import MathVerifier, _import_object
+from stalerl.rewards.verifier import MathVerifier
+from stalerl.rewards.verifier_pool import import_object
 
 __all__ = ["RewardBatch", "MathReward", "UserReward", "load_reward_fn", "make_reward"]
 
@@ -325,7 +326,7 @@ def load_reward_fn(path: str, *, correct_threshold: float = 1.0) -> UserReward:
             "'/path/to/file.py:function'"
         )
     try:
-        fn = _import_object(path)
+        fn = import_object(path)
     except AttributeError as exc:
         raise ValueError(f"reward function {path!r}: attribute not found ({exc})") from exc
     except (ImportError, SyntaxError, ValueError, OSError) as exc:
