@@ -358,7 +358,7 @@ def _record_diagnostics(diag, out, log_prob, micro, entropy, per_micro: int = 64
     if "traj_accepted" in extras:
         diag["traj_accepted"] += extras["traj_accepted"].cpu().tolist()
     mask = micro["response_mask"].bool()
-    ratio = torch.exp(torch.clamp(log_prob.detach() - micro["old_log_prob"], -20, 20))[mask]
+    ratio = torch.exp(objectives.core.log_ratio(log_prob.detach(), micro["old_log_prob"]))[mask]
     ent = entropy.detach()[mask]
     if ratio.numel():
         pick = torch.linspace(0, ratio.numel() - 1, min(per_micro, ratio.numel())).long()
