@@ -222,6 +222,7 @@ def test_output_path_under_a_file_is_refused_first(tiny_overrides, tiny_testbed,
 def test_eval_options_that_mean_nothing_are_refused(tiny_testbed, capsys):
     refused(["eval", str(tiny_testbed), "--max-new-tokens", "0"], capsys, "--max-new-tokens")
     refused(["eval", str(tiny_testbed), "--top-p", "0"], capsys, "--top-p")
+    refused(["eval", "testbed:huge"], capsys, "testbed:huge", "tiny")
 
 
 def test_invalid_yaml_in_a_run_directory_is_named_by_eval(finished_run, capsys):

@@ -92,9 +92,12 @@ def resolve_checkpoint(checkpoint: str | Path) -> ResolvedCheckpoint:
     """
     text = str(checkpoint)
     if text == "testbed" or text.startswith("testbed:"):
-        from stalerl.testbed.warmstart import warm_start
+        from stalerl.testbed.warmstart import WARMSTART_RECIPES, warm_start
 
         size = text.split(":", 1)[1] if ":" in text else "small"
+        if size not in WARMSTART_RECIPES:
+            raise UserError(f"checkpoint {text!r}: the testbed comes in sizes {', '.join(WARMSTART_RECIPES)}; "
+                            f"give testbed:{next(iter(WARMSTART_RECIPES))} or a model directory")
         return ResolvedCheckpoint(str(warm_start(size=size, progress=False)))
     path = Path(text).expanduser()
     if path.is_dir():
