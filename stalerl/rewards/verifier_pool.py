@@ -22,9 +22,10 @@ timeout at all (a hung task blocks its worker). Both start workers through ``mul
 re-import the caller's ``__main__`` and unpickle the check by reference, which imports
 ``stalerl`` and therefore torch in every worker, on every respawn (seconds and hundreds of MB
 each, under an address-space cap that then has to allow torch). pebble also hands tasks out
-through one pipe shared by all workers under a cross-process lock, so a worker SIGKILLed by the
-OOM killer while holding it can stall the pool. A plain subprocess per worker with its own pipe
-pair avoids all three; it costs the ~150 lines below. So the mechanics stay here, in a module of
+through one pipe shared by all workers under a cross-process lock, so a worker the OOM killer
+ends while it holds that lock (a short window, but a real one) leaves the lock taken. A plain
+subprocess per worker with its own pipe pair avoids all three, and a respawn costs a bare Python
+start plus the check's imports (about half a second for math-verify); it costs the code below. So the mechanics stay here, in a module of
 their own, written against nothing but the standard library.
 
 POSIX only (``resource`` and ``select`` on pipes). Import only the standard library here: this
