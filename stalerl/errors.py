@@ -9,7 +9,10 @@ What each error refuses is listed in ``docs/REFUSALS.md``.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "CheckpointError", "OutputError", "RunDirError", "RunLockedError"]
+__all__ = [
+    "UserError", "CheckpointError", "ConfigError", "ObjectiveError", "OutputError", "RewardError", "RunDirError", "RunLockedError",
+    "TemplateError",
+]
 
 
 class UserError(ValueError):
@@ -36,3 +39,18 @@ class RunDirError(UserError):
 
 class RunLockedError(RunDirError):
     """Another live process is writing the run directory."""
+
+
+class ObjectiveError(UserError):
+    """An objective cannot be built as asked: an unknown name or hyperparameter, a value of the
+    wrong type, or a user objective file whose class does not satisfy the contract."""
+
+
+class RewardError(UserError):
+    """A reward function cannot be imported or called as configured (``reward.function``), or it
+    returned something other than one finite score per completion."""
+
+
+class TemplateError(UserError):
+    """A prompt template is unknown or not a valid format string, or a chat template is asked of a
+    tokenizer that has none."""

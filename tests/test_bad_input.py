@@ -222,6 +222,7 @@ def test_output_path_under_a_file_is_refused_first(tiny_overrides, tiny_testbed,
 def test_eval_options_that_mean_nothing_are_refused(tiny_testbed, capsys):
     refused(["eval", str(tiny_testbed), "--max-new-tokens", "0"], capsys, "--max-new-tokens")
     refused(["eval", str(tiny_testbed), "--top-p", "0"], capsys, "--top-p")
+    refused(["eval", "testbed:huge"], capsys, "testbed:huge", "tiny")
 
 
 def test_invalid_yaml_in_a_run_directory_is_named_by_eval(finished_run, capsys):
@@ -324,3 +325,21 @@ def test_staleness_beyond_the_run_warns_and_generates_only_what_is_consumed(make
     assert state["buffer"]["queue"] == []
     updates = read_jsonl(result.run_dir / "updates.jsonl")
     assert [u["train/staleness"] for u in updates] == [0.0, 1.0, 2.0, 3.0]  # all from the initial policy
+
+
+def test_an_internal_value_error_keeps_its_traceback_while_a_user_error_is_one_line(monkeypatch, capsys):
+    from stalerl import objectives
+    from stalerl.training.config import ConfigError
+
+    def bug():
+        raise ValueError("an internal bug, not something the user gave")
+
+    monkeypatch.setattr(objectives, "describe", bug)
+    with pytest.raises(ValueError, match="internal bug"):
+        cli_main(["objectives"])
+
+    def config_error():
+        raise ConfigError("objective.tau=-1: must be >= 0")
+
+    monkeypatch.setattr(objectives, "describe", config_error)
+    assert refused(["objectives"], capsys, "objective.tau=-1").startswith("stalerl objectives: error:")

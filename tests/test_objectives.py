@@ -48,7 +48,8 @@ OLD = [[-1.0, -2.0, -0.5], [-1.5, -0.7, -3.0]]
 LP = [[OLD[i][j] + LR[i][j] for j in range(3)] for i in range(2)]
 
 
-def make_inputs(n_b=2, n_t=3, lr=LR, mask=MASK, adv=ADV, old=OLD, rollout=None):
+def make_inputs(lr=LR, mask=MASK, adv=ADV, old=OLD):
+    """``(log_prob, old_log_prob, advantages, mask)`` of the worked example; log_prob requires grad."""
     old_t = t(old)
     lp = (old_t + t(lr)).requires_grad_(True)
     return lp, old_t, t(adv), t(mask)

@@ -174,7 +174,7 @@ def test_verifier_worker_runs_one_thread_without_torch(tmp_path, monkeypatch):
 
 def test_verifier_close_is_idempotent():
     v = MathVerifier(num_workers=1, _check_fn=CHECKS)
-    procs = [w.proc for w in v._workers]
+    procs = [w.proc for w in v._pool.workers]
     v.close()
     v.close()
     assert all(p.poll() is not None for p in procs)

@@ -204,12 +204,14 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from stalerl.errors import UserError
+
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("stalerl: interrupted; checkpoints written so far are intact", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as err:  # stalerl.errors.UserError and the older ValueErrors
+    except (UserError, FileNotFoundError) as err:  # what the user gave; any other ValueError is a bug: traceback
         print(f"stalerl {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except OSError as err:  # an I/O failure no check anticipated: still one line, naming the file

@@ -296,7 +296,7 @@ def load_prompts(
             has), or a Hub name that could not be loaded (suggesting a local file).
     """
     if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
+        raise DatasetError(f"limit must be >= 0, got {limit}")
     known = KNOWN_DATASETS.get(source, {})
     question_field = question_field or known.get("question_field", "problem")
     answer_field = answer_field or known.get("answer_field", "answer")

@@ -48,7 +48,7 @@ def verl_rows(
 ) -> list[dict[str, Any]]:
     """verl rows (module docstring) for the question/answer rows of :func:`load_prompts`."""
     if repeat < 1:
-        raise ValueError(f"--repeat must be >= 1, got {repeat}")
+        raise DatasetError(f"--repeat must be >= 1, got {repeat}")
     out = []
     for row in rows:
         content = format_prompt(row["prompt_question"], template)

@@ -151,7 +151,7 @@ class PromptSampler:
 
     def __init__(self, prompts: list[Prompt], seed: int) -> None:
         if not prompts:
-            raise ValueError("the training prompt set is empty")
+            raise DatasetError("the training prompt set is empty")
         self.prompts = prompts
         self.seed = seed
         self.epoch = 0

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from stalerl.errors import TemplateError
+
 __all__ = ["M2PO_TEMPLATE", "PLAIN_TEMPLATE", "TEMPLATES", "format_prompt"]
 
 #: The M2PO paper's question template.
@@ -69,14 +71,14 @@ def format_prompt(
         return _apply_chat_template(messages, tokenizer)
     tmpl = TEMPLATES.get(template, template)
     if "{question}" not in tmpl:
-        raise ValueError(
+        raise TemplateError(
             f"unknown template {template!r}: use one of {sorted(TEMPLATES)} or a format string "
             "containing '{question}'"
         )
     try:
         text = tmpl.format(question=question)
     except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(
+        raise TemplateError(
             f"template {template!r} is not a valid format string with only '{{question}}' "
             f"({type(exc).__name__}: {exc}); write literal braces as '{{{{' and '}}}}'"
         ) from exc
@@ -88,10 +90,10 @@ def format_prompt(
 
 def _apply_chat_template(messages: list[dict[str, str]], tokenizer: Any) -> str:
     if tokenizer is None:
-        raise ValueError("format_prompt(chat=True) needs a tokenizer")
+        raise TemplateError("format_prompt(chat=True) needs a tokenizer")
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
-        raise ValueError(
+        raise TemplateError(
             f"tokenizer {name!r} has no chat template; use chat=False for a base model (with prompts "
             "given as text, not chat messages), or set tokenizer.chat_template"
         )

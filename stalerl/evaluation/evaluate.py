@@ -25,16 +25,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from stalerl.errors import UserError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PROTOCOLS",
@@ -89,9 +92,12 @@ def resolve_checkpoint(checkpoint: str | Path) -> ResolvedCheckpoint:
     """
     text = str(checkpoint)
     if text == "testbed" or text.startswith("testbed:"):
-        from stalerl.testbed.warmstart import warm_start
+        from stalerl.testbed.warmstart import WARMSTART_RECIPES, warm_start
 
         size = text.split(":", 1)[1] if ":" in text else "small"
+        if size not in WARMSTART_RECIPES:
+            raise UserError(f"checkpoint {text!r}: the testbed comes in sizes {', '.join(WARMSTART_RECIPES)}; "
+                            f"give testbed:{next(iter(WARMSTART_RECIPES))} or a model directory")
         return ResolvedCheckpoint(str(warm_start(size=size, progress=False)))
     path = Path(text).expanduser()
     if path.is_dir():
@@ -144,9 +150,9 @@ def _check_ks(ks: Sequence[int] | None, ns: Sequence[int]) -> None:
         return
     for k in ks:
         if k < 1:
-            raise ValueError(f"pass@k needs k >= 1, got --k {k}")
+            raise UserError(f"pass@k needs k >= 1, got --k {k}")
         if k > min(ns):
-            raise ValueError(
+            raise UserError(
                 f"pass@{k} needs k <= n, but n={min(ns)} samples per problem; raise --n or drop k={k}"
             )
 
@@ -234,12 +240,13 @@ def evaluate_checkpoint(
     limit: int | None = None,
     device: str = "auto",
     dtype: str = "float32",
-    progress: bool = False,
+    progress: Callable[[str], None] | bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on benchmarks; returns the JSON-able result.
 
     Args: as the command-line options (``stalerl eval --help``). ``ks`` defaults to
-    1, 2, 4, ... <= n per benchmark.
+    1, 2, 4, ... <= n per benchmark. ``progress`` is called with one line per finished
+    benchmark (``True``: the line goes to this module's logger at INFO level).
 
     Returns:
         ``{"checkpoint", "model_path", "protocol", "settings": {...}, "benchmarks": {name:
@@ -260,13 +267,13 @@ def evaluate_checkpoint(
     from stalerl.rollout.generation import generate
 
     if protocol is not None and protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if n is not None and n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
+        raise UserError(f"--n must be >= 1, got {n}")
     if not temperature > 0:
-        raise ValueError(f"--temperature must be > 0, got {temperature}")
+        raise UserError(f"--temperature must be > 0, got {temperature}")
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
+        raise UserError(f"--limit must be >= 1, got {limit}")
     for flag, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size),
                         ("--max-prompt-length", max_prompt_length)):
         if value is not None and value < 1:
@@ -312,7 +319,7 @@ def evaluate_checkpoint(
                 prompts, skipped = build_prompts(b, split=split, size=limit, tokenizer=tokenizer,
                                                  data_config=data_config, seed=seed, **prompt_limits(model, mnt))
             if not prompts:
-                raise ValueError(f"benchmark {b!r} has no problems")
+                raise UserError(f"benchmark {b!r} has no problems")
             nb = ns[b]
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
@@ -336,8 +343,8 @@ def evaluate_checkpoint(
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             if progress:
-                print(f"stalerl eval: {name}: avg@{nb}={summary[f'avg@{nb}']:.4f} "
-                      f"({len(prompts)} problems x {nb} samples)", file=sys.stderr)
+                (progress if callable(progress) else log.info)(
+                    f"stalerl eval: {name}: avg@{nb}={summary[f'avg@{nb}']:.4f} ({len(prompts)} problems x {nb} samples)")
     return {
         "checkpoint": str(checkpoint),
         "model_path": resolved.model_path,
@@ -441,7 +448,7 @@ def main(args: argparse.Namespace) -> int:
         top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, template=args.template,
         chat_template=args.chat_template, question_field=args.question_field, answer_field=args.answer_field,
         split=args.split, max_prompt_length=args.max_prompt_length, seed=args.seed, limit=args.limit,
-        device=args.device, dtype=args.dtype, progress=True,
+        device=args.device, dtype=args.dtype, progress=lambda line: print(line, file=sys.stderr),
     )
     print(f"checkpoint: {result['model_path']}   temperature {args.temperature}"
           + (f"   protocol {args.protocol}" if args.protocol else ""))

@@ -29,9 +29,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from stalerl.errors import UserError
 from stalerl.evaluation import diagnostics as diag
 from stalerl.evaluation import plots
-from stalerl.evaluation.plots import Group, RunData, group_runs, load_run
+from stalerl.evaluation.diagnostic_plots import bin_label
+from stalerl.evaluation.runs import Group, RunData, describe_hparams, group_runs, load_run
 from stalerl.training.rundir import check_writable
 
 __all__ = ["run_row", "build_report", "main"]
@@ -157,7 +159,7 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _hp(row: dict[str, Any]) -> str:
-    return plots._describe(row["hparams"]) if row["hparams"] else "defaults"
+    return describe_hparams(row["hparams"]) if row["hparams"] else "defaults"
 
 
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, title: str | None = None) -> Path:
@@ -168,7 +170,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         FileNotFoundError / ValueError: for a missing directory or one without ``metrics.jsonl``.
     """
     if not run_dirs:
-        raise ValueError("give at least one run directory")
+        raise UserError("give at least one run directory")
     runs = [load_run(d) for d in run_dirs]
     out = Path(out_dir) if out_dir else runs[0].path / "report"
     check_writable(out, "report directory")
@@ -255,7 +257,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         first = gd["entropy_by_ratio"][labels[0]]
         bin_rows = []
         for i, (lo, hi) in enumerate(zip(first["low"], first["high"], strict=True)):
-            bin_rows.append([plots._bin_label(lo, hi)] + [
+            bin_rows.append([bin_label(lo, hi)] + [
                 f"{_fmt(gd['entropy_by_ratio'][lab]['mean_entropy'][i])} ({gd['entropy_by_ratio'][lab]['count'][i]})"
                 for lab in labels])
         md += _table(["\\|r − 1\\|"] + labels, bin_rows)

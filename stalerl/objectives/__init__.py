@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from stalerl.errors import ObjectiveError
 from stalerl.objectives.ac_mispo import ACMISPO
 from stalerl.objectives.base import BatchStats, Objective, ObjectiveConfig, ObjectiveOutput, reduce_metrics
 from stalerl.objectives.cispo import CISPO
@@ -83,7 +84,7 @@ def _resolve(name: str) -> tuple[type[Objective], dict[str, Any]]:
         return REGISTRY[name], {}
     if isinstance(name, str) and ":" in name:
         return load_objective_class(name), {}
-    raise ValueError(
+    raise ObjectiveError(
         f"unknown objective {name!r}; available: {', '.join(available())}; presets: {', '.join(PRESETS)}; "
         "or your own Objective subclass as 'path/to/file.py:ClassName'"
     )
@@ -97,36 +98,36 @@ def load_objective_class(spec: str) -> type[Objective]:
     from :class:`ObjectiveConfig`; each violation is a ``ValueError`` that says what to add.
     """
     # the reward loader's importer: it runs a file by path or imports a module, stdlib only
-    from stalerl.rewards.verifier import import_object
+    from stalerl.rewards.verifier_pool import import_object
 
     try:
         cls = import_object(spec)
     except AttributeError as err:
-        raise ValueError(f"objective {spec!r}: class not found in that module ({err})") from None
+        raise ObjectiveError(f"objective {spec!r}: class not found in that module ({err})") from None
     except Exception as err:  # the user's module may raise anything while it is imported
-        raise ValueError(
+        raise ObjectiveError(
             f"objective {spec!r}: cannot import it ({type(err).__name__}: {err}); give "
             "'path/to/file.py:ClassName' or 'package.module:ClassName'"
         ) from err
     where = f"objective {spec!r}"
     if not (isinstance(cls, type) and issubclass(cls, Objective)):
-        raise ValueError(
+        raise ObjectiveError(
             f"{where} is a {type(cls).__name__}, not a subclass of stalerl.objectives.Objective; "
             "subclass Objective (or an objective such as stalerl.objectives.GRPO) and implement compute()"
         )
     if not isinstance(getattr(cls, "name", None), str):
-        raise ValueError(f"{where}: set the class attribute name = '...' (the name its metrics and runs show)")
+        raise ObjectiveError(f"{where}: set the class attribute name = '...' (the name its metrics and runs show)")
     if cls.compute is Objective.compute:
-        raise ValueError(
+        raise ObjectiveError(
             f"{where}: implement compute(self, log_prob, old_log_prob, advantages, mask, rollout_log_prob, "
             "batch_stats) returning (per-token loss (B, T), aggregation mask (B, T), metrics, extras)"
         )
     if cls.uses_batch_stats and cls.compute_stats is Objective.compute_stats:
-        raise ValueError(f"{where}: uses_batch_stats is True, so implement compute_stats() to fill stats.payload")
+        raise ObjectiveError(f"{where}: uses_batch_stats is True, so implement compute_stats() to fill stats.payload")
     config_class = getattr(cls, "config_class", None)
     if not (isinstance(config_class, type) and dataclasses.is_dataclass(config_class)
             and issubclass(config_class, ObjectiveConfig)):
-        raise ValueError(f"{where}: config_class must be a @dataclass subclass of stalerl.objectives.ObjectiveConfig")
+        raise ObjectiveError(f"{where}: config_class must be a @dataclass subclass of stalerl.objectives.ObjectiveConfig")
     return cls
 
 

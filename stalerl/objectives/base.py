@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from stalerl.errors import ObjectiveError
 from stalerl.objectives import core
 from stalerl.objectives import distributed as dist_utils
 from stalerl.objectives.core import Stat
@@ -142,15 +143,15 @@ def _check_hparam_types(config: ObjectiveConfig, objective: str) -> None:
             if value is None and "None" in kind:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{objective}: hyperparameter {f.name}={value!r} must be a number")
+                raise ObjectiveError(f"{objective}: hyperparameter {f.name}={value!r} must be a number")
             if not math.isfinite(float(value)):
-                raise ValueError(f"{objective}: hyperparameter {f.name}={value!r} must be finite")
+                raise ObjectiveError(f"{objective}: hyperparameter {f.name}={value!r} must be finite")
             if kind == "int" and not isinstance(value, int):
-                raise ValueError(f"{objective}: hyperparameter {f.name}={value!r} must be an integer")
+                raise ObjectiveError(f"{objective}: hyperparameter {f.name}={value!r} must be an integer")
         elif kind == "bool" and not isinstance(value, bool):
-            raise ValueError(f"{objective}: hyperparameter {f.name}={value!r} must be true or false")
+            raise ObjectiveError(f"{objective}: hyperparameter {f.name}={value!r} must be true or false")
         elif kind == "str" and not isinstance(value, str):
-            raise ValueError(f"{objective}: hyperparameter {f.name}={value!r} must be a string")
+            raise ObjectiveError(f"{objective}: hyperparameter {f.name}={value!r} must be a string")
 
 
 class Objective:
@@ -169,7 +170,7 @@ class Objective:
         allowed = [f.name for f in dataclasses.fields(self.config_class)]
         unknown = sorted(set(hparams) - set(allowed))
         if unknown:
-            raise ValueError(
+            raise ObjectiveError(
                 f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} for objective "
                 f"{self.name!r}; it accepts: {', '.join(allowed)}"
             )
@@ -181,7 +182,7 @@ class Objective:
                 default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
                 object.__setattr__(unchecked, f.name, hparams.get(f.name, default))
             _check_hparam_types(unchecked, self.name)
-            raise ValueError(f"{self.name}: {err}") from None
+            raise ObjectiveError(f"{self.name}: {err}") from None
         _check_hparam_types(self.config, self.name)
 
     # ------------------------------------------------------------------ public API

@@ -56,6 +56,19 @@ def m2po_candidates(config: M2POConfig, token_log_ratio, advantages, mask) -> to
     return mask > 0
 
 
+def m2_candidate_values(config: M2POConfig, log_prob, old_log_prob, advantages, mask) -> torch.Tensor:
+    """1-D: (log r)^2 of every candidate token of a mini-batch given as lists of micro-batches.
+
+    The statistic M̂2 of Algorithm 1 is taken over these values (after :meth:`Objective.gather`),
+    by ``m2po`` to choose its mask and by ``m2po_capped`` to solve its cap.
+    """
+    values = []
+    for lp, olp, adv, m in zip(log_prob, old_log_prob, advantages, mask, strict=True):
+        lr = core.log_ratio(lp, olp)
+        values.append(lr.square()[m2po_candidates(config, lr, adv, m)])
+    return torch.cat(values)
+
+
 _M2_BINS = 4096
 """Log-spaced bins of :func:`m2_cut` (relative width ~0.2% over (log r)^2 in [tau, 400])."""
 
@@ -117,11 +130,7 @@ class M2PO(Objective):
     uses_batch_stats = True
 
     def compute_stats(self, log_prob, old_log_prob, advantages, mask, rollout_log_prob, stats):
-        values = []
-        for lp, olp, adv, m in zip(log_prob, old_log_prob, advantages, mask, strict=True):
-            lr = core.log_ratio(lp, olp)
-            values.append(lr.square()[m2po_candidates(self.config, lr, adv, m)])
-        local = torch.cat(values)
+        local = m2_candidate_values(self.config, log_prob, old_log_prob, advantages, mask)
         values = self.gather(local)
         keep, cutoff, ties_keep, kept_sum, total = m2_cut(values, self.config.tau)
         n = values.numel()

@@ -29,7 +29,7 @@ import torch
 from stalerl.objectives import core
 from stalerl.objectives.base import Objective
 from stalerl.objectives.core import Stat
-from stalerl.objectives.m2po import M2POConfig, m2po_candidates
+from stalerl.objectives.m2po import M2POConfig, m2_candidate_values
 
 
 def solve_m2_cap(values: torch.Tensor, tau: float) -> float:
@@ -54,11 +54,7 @@ class M2POCapped(Objective):
     uses_batch_stats = True
 
     def compute_stats(self, log_prob, old_log_prob, advantages, mask, rollout_log_prob, stats):
-        values = []
-        for lp, olp, adv, m in zip(log_prob, old_log_prob, advantages, mask, strict=True):
-            lr = core.log_ratio(lp, olp)
-            values.append(lr.square()[m2po_candidates(self.config, lr, adv, m)])
-        values = self.gather(torch.cat(values))
+        values = self.gather(m2_candidate_values(self.config, log_prob, old_log_prob, advantages, mask))
         cap = solve_m2_cap(values, self.config.tau)
         stats.payload["cap"] = cap
         # one value per mini-batch; stats_scope="micro" pools the calls' caps weighted by their tokens

@@ -12,8 +12,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from stalerl.errors import RewardError
 from stalerl.rewards.boxed import last_boxed
-from stalerl.rewards.verifier import MathVerifier, import_object
+from stalerl.rewards.verifier import MathVerifier
+from stalerl.rewards.verifier_pool import import_object
 
 __all__ = ["RewardBatch", "MathReward", "UserReward", "load_reward_fn", "make_reward", "build_reward_fn"]
 
@@ -104,7 +106,7 @@ class MathReward:
         memory_limit_mb: int | None = 1024,
     ) -> None:
         if not math.isfinite(format_score) or not math.isfinite(correct_score):
-            raise ValueError("format_score and correct_score must be finite")
+            raise RewardError("format_score and correct_score must be finite")
         self.format_score = float(format_score)
         self.correct_score = float(correct_score)
         self._verifier = verifier
@@ -231,7 +233,7 @@ class UserReward:
                                 list(prompts) if prompts is not None else [""] * n,
                                 list(extras) if extras is not None else [{} for _ in range(n)])
         except Exception as exc:
-            raise ValueError(f"reward function {self.path!r} raised {type(exc).__name__}: {exc}") from exc
+            raise RewardError(f"reward function {self.path!r} raised {type(exc).__name__}: {exc}") from exc
         if isinstance(out, RewardBatch):
             scores_src: Any = out.scores
         else:
@@ -241,17 +243,17 @@ class UserReward:
         try:
             scores = [float(s) for s in scores_src]
         except (TypeError, ValueError) as exc:
-            raise ValueError(
+            raise RewardError(
                 f"reward function {self.path!r} must return a list of numbers, got "
                 f"{type(out).__name__}: {exc}"
             ) from exc
         if len(scores) != n:
-            raise ValueError(
+            raise RewardError(
                 f"reward function {self.path!r} returned {len(scores)} scores for {n} completions"
             )
         bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
         if bad:
-            raise ValueError(
+            raise RewardError(
                 f"reward function {self.path!r} returned non-finite scores at positions {bad[:10]} "
                 f"(e.g. {scores[bad[0]]})"
             )
@@ -320,24 +322,24 @@ def load_reward_fn(path: str, *, correct_threshold: float = 1.0) -> UserReward:
             imported, the attribute is missing, or it is not callable.
     """
     if not isinstance(path, str) or ":" not in path:
-        raise ValueError(
+        raise RewardError(
             f"reward function path {path!r} must look like 'package.module:function' or "
             "'/path/to/file.py:function'"
         )
     try:
         fn = import_object(path)
     except AttributeError as exc:
-        raise ValueError(f"reward function {path!r}: attribute not found ({exc})") from exc
+        raise RewardError(f"reward function {path!r}: attribute not found ({exc})") from exc
     except (ImportError, SyntaxError, ValueError, OSError) as exc:
-        raise ValueError(
+        raise RewardError(
             f"reward function {path!r}: cannot import it ({type(exc).__name__}: {exc})"
         ) from exc
     except Exception as exc:
-        raise ValueError(
+        raise RewardError(
             f"reward function {path!r}: importing it raised {type(exc).__name__}: {exc}"
         ) from exc
     if not callable(fn):
-        raise ValueError(f"reward function {path!r} is not callable (it is a {type(fn).__name__})")
+        raise RewardError(f"reward function {path!r} is not callable (it is a {type(fn).__name__})")
     return UserReward(fn, path, correct_threshold=correct_threshold)
 
 

@@ -14,8 +14,12 @@ main thread, and adds a hard limit on top:
 * a worker that crashes (segfault, OOM kill, ...) scores its check ``status="error"`` and is
   replaced.
 
-The workers are plain ``python verifier.py`` subprocesses talking length-prefixed pickles over
-their stdin/stdout. Unlike ``multiprocessing`` "spawn" they do not re-import the caller's
+This module is the policy: what a check runs (:func:`math_verify_check`), what its outcome
+scores (statuses, the fast path) and the counts. The process mechanics (the pipe protocol,
+deadlines, the memory cap, respawn) are :mod:`stalerl.rewards.verifier_pool`, whose docstring
+also says why they are not handed to ``pebble`` or ``loky``. The workers are plain
+``python verifier_pool.py`` subprocesses that load this file by path for
+:func:`math_verify_check`, talking length-prefixed pickles over their stdin/stdout. Unlike ``multiprocessing`` "spawn" they do not re-import the caller's
 ``__main__`` script (so a training script without an ``if __name__ == "__main__"`` guard is
 fine) and they do not import ``stalerl`` or ``torch``: a worker starts in about half a second and
 uses some 100 MB. For that reason this module imports only the standard library at top level.
@@ -30,27 +34,20 @@ POSIX only (``resource`` and ``select`` on pipes).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
-import pickle
 import re
-import select
-import struct
-import subprocess
 import sys
 import threading
-import time
-from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+if TYPE_CHECKING:
+    from stalerl.rewards.verifier_pool import WorkerPool
 
 __all__ = ["MathVerifier", "VerifyResult", "STATUSES", "wrap_for_parse", "math_verify_check"]
 
 #: The possible values of :attr:`VerifyResult.status`.
 STATUSES = ("ok", "no_answer", "timeout", "error")
-
-_HEADER = struct.Struct("<I")
 
 
 @dataclass(frozen=True)
@@ -123,9 +120,12 @@ def math_verify_check(gold: str, pred: str, timeout_s: int) -> tuple[bool, bool,
     Returns:
         ``(correct, extracted, status)`` with status as in :class:`VerifyResult`.
     """
+    import logging
+
     from math_verify import parse, verify
     from math_verify.errors import TimeoutException
 
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
     timeout_s = max(1, int(timeout_s))
 
     def _parse(text: str) -> list:
@@ -153,239 +153,6 @@ def math_verify_check(gold: str, pred: str, timeout_s: int) -> tuple[bool, bool,
         return (bool(ok), True, "ok")
     except TimeoutException:
         return (False, False, "timeout")
-
-
-# ---------------------------------------------------------------------------------------------
-# Pipe protocol and worker entry point.
-# ---------------------------------------------------------------------------------------------
-
-
-def _send(fd: int, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    buf = _HEADER.pack(len(data)) + data
-    view = memoryview(buf)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _recv(fd: int) -> Any:
-    """Read one message; raise EOFError when the other side closed the pipe."""
-    header = _read_exact(fd, _HEADER.size)
-    (size,) = _HEADER.unpack(header)
-    return pickle.loads(_read_exact(fd, size))
-
-
-def _read_exact(fd: int, n: int) -> bytes:
-    chunks = []
-    while n > 0:
-        chunk = os.read(fd, n)
-        if not chunk:
-            raise EOFError("pipe closed")
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def import_object(spec: str) -> Any:
-    """Import ``"package.module:attr"`` or ``"/path/to/file.py:attr"`` and return the attribute.
-
-    Raises ``ImportError``/``AttributeError``/``ValueError`` with the underlying cause.
-    """
-    if ":" not in spec:
-        raise ValueError(f"expected 'module:attr' or '/path/file.py:attr', got {spec!r}")
-    mod_part, _, attr = spec.rpartition(":")
-    if not mod_part or not attr:
-        raise ValueError(f"expected 'module:attr' or '/path/file.py:attr', got {spec!r}")
-    if mod_part.endswith(".py") or os.sep in mod_part or "/" in mod_part:
-        path = os.path.abspath(os.path.expanduser(mod_part))
-        if not os.path.isfile(path):
-            raise ImportError(f"no such file: {path}")
-        name = "_stalerl_user_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise ImportError(f"cannot load a Python module from {path}")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except BaseException:
-            sys.modules.pop(name, None)
-            raise
-    else:
-        module = importlib.import_module(mod_part)
-    obj = module
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _set_memory_limit(memory_limit_mb: int | None) -> None:
-    if not memory_limit_mb:
-        return
-    import resource
-
-    limit = int(memory_limit_mb) * 1024 * 1024
-    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        limit = min(limit, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-
-
-def _die_with_parent() -> None:
-    """Linux: have the kernel SIGKILL this worker when the parent dies (best effort).
-
-    PR_SET_PDEATHSIG fires when the *thread* that started the worker exits, so the parent only
-    asks for it when it starts workers from its main thread (``STALERL_VERIFY_PDEATHSIG=1``).
-    """
-    if not sys.platform.startswith("linux") or os.environ.get("STALERL_VERIFY_PDEATHSIG") != "1":
-        return
-    try:
-        import ctypes
-        import signal
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
-def _worker_main(argv: Sequence[str]) -> int:
-    """Entry point of a worker process (``python verifier.py <memory_mb> <inner_timeout> [check]``)."""
-    # The protocol owns the original stdout; anything printed goes to stderr instead.
-    out_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    in_fd = sys.stdin.fileno()
-
-    memory_limit_mb = int(argv[0])
-    inner_timeout = int(argv[1])
-    check_spec = argv[2] if len(argv) > 2 and argv[2] else None
-
-    _die_with_parent()
-    import logging
-
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    if check_spec is None:
-        import math_verify  # noqa: F401  (import before the memory limit, and before "ready")
-
-        check: Callable[..., Any] = math_verify_check
-        # Warm up sympy / latex2sympy so the first timed check does not pay for lazy imports.
-        try:
-            math_verify_check("1", "1", inner_timeout)
-        except Exception:
-            pass
-    else:
-        check = import_object(check_spec)
-    _set_memory_limit(memory_limit_mb)
-    _send(out_fd, ("ready", os.getpid()))
-
-    while True:
-        try:
-            msg = _recv(in_fd)
-        except EOFError:
-            return 0
-        if msg is None:
-            return 0
-        task_id, gold, pred = msg
-        try:
-            res = check(gold, pred, inner_timeout)
-            if isinstance(res, VerifyResult) or hasattr(res, "status"):
-                res = (bool(res.correct), bool(res.extracted), str(res.status))
-            else:
-                res = (bool(res[0]), bool(res[1]), str(res[2]))
-        except MemoryError:
-            res = (False, False, "error")
-        except BaseException as exc:  # noqa: BLE001  (a TimeoutException is a BaseException)
-            status = "timeout" if type(exc).__name__ == "TimeoutException" else "error"
-            res = (False, False, status)
-        try:
-            _send(out_fd, ("result", task_id, res))
-        except (BrokenPipeError, OSError):
-            return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# The parent side.
-# ---------------------------------------------------------------------------------------------
-
-
-class _Worker:
-    """One worker subprocess and its state (``starting``, ``idle``, ``busy`` or ``dead``)."""
-
-    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=None,
-            bufsize=0,
-            env=env,
-            close_fds=True,
-        )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.in_fd = self.proc.stdin.fileno()
-        self.out_fd = self.proc.stdout.fileno()
-        self.state = "starting"
-        self.started_at = time.monotonic()
-        self.task: int | None = None
-        self.deadline = 0.0
-
-    def send_task(self, task_id: int, gold: str, pred: str, timeout_s: float) -> bool:
-        try:
-            _send(self.in_fd, (task_id, gold, pred))
-        except (BrokenPipeError, OSError):
-            return False
-        self.state = "busy"
-        self.task = task_id
-        self.deadline = time.monotonic() + timeout_s
-        return True
-
-    def kill(self) -> None:
-        self.state = "dead"
-        try:
-            self.proc.kill()
-        except OSError:
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
-        for f in (self.proc.stdin, self.proc.stdout):
-            try:
-                if f is not None:
-                    f.close()
-            except OSError:
-                pass
-
-    def shutdown(self) -> None:
-        if self.state != "dead":
-            try:
-                _send(self.in_fd, None)
-            except (BrokenPipeError, OSError):
-                pass
-            try:
-                self.proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                pass
-        self.kill()
-
-
-def _check_spec(check_fn: Callable[..., Any] | str | None) -> str:
-    if check_fn is None:
-        return ""
-    if isinstance(check_fn, str):
-        return check_fn
-    module = getattr(check_fn, "__module__", None)
-    qualname = getattr(check_fn, "__qualname__", None)
-    if not module or not qualname or "<" in qualname:
-        raise ValueError("_check_fn must be a module-level function or a 'module:function' string")
-    if module == "__main__":
-        path = getattr(sys.modules["__main__"], "__file__", None)
-        if not path:
-            raise ValueError("_check_fn defined in an interactive __main__ cannot run in a worker")
-        return f"{os.path.abspath(path)}:{qualname}"
-    return f"{module}:{qualname}"
 
 
 class MathVerifier:
@@ -447,14 +214,9 @@ class MathVerifier:
         self.timeout_s = float(timeout_s)
         self.memory_limit_mb = int(memory_limit_mb or 0)
         self.startup_timeout_s = float(startup_timeout_s)
-        inner = max(1, int(0.8 * self.timeout_s))
-        self._cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            str(self.memory_limit_mb),
-            str(inner),
-            _check_spec(_check_fn),
-        ]
+        # Imported here, not at the top: a worker loads this file by path for its check and
+        # must not import the stalerl package (and with it torch).
+        from stalerl.rewards.verifier_pool import WorkerPool, check_spec
         from stalerl.runtime import single_thread_env
 
         env = single_thread_env()  # a check needs one thread; no numeric library may start a pool
@@ -464,21 +226,23 @@ class MathVerifier:
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self._env = env
         self._lock = threading.Lock()
         self._closed = False
         #: Counters over the verifier's lifetime: checks per status, respawned workers.
         self.stats: dict[str, int] = {s: 0 for s in STATUSES}
         self.stats["respawns"] = 0
         self.stats["fast_path"] = 0
-        self._workers: list[_Worker] = []
-        try:
-            for _ in range(self.num_workers):
-                self._workers.append(self._new_worker())
-            self._wait_started()
-        except BaseException:
-            self.close()
-            raise
+        self._pool: WorkerPool | None = None
+        self._pool = WorkerPool(
+            check_spec(_check_fn) if _check_fn is not None else f"{os.path.abspath(__file__)}:math_verify_check",
+            num_workers=self.num_workers,
+            timeout_s=self.timeout_s,
+            inner_timeout_s=max(1, int(0.8 * self.timeout_s)),
+            memory_limit_mb=self.memory_limit_mb,
+            startup_timeout_s=self.startup_timeout_s,
+            env=env,
+            warm_up=_check_fn is None,  # so the first timed check does not pay for sympy's imports
+        )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -493,74 +257,14 @@ class MathVerifier:
         if getattr(self, "_closed", True):
             return
         self._closed = True
-        for w in getattr(self, "_workers", []):
-            w.shutdown()
-        self._workers = []
+        if getattr(self, "_pool", None) is not None:
+            self._pool.close()
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         try:
             self.close()
         except Exception:
             pass
-
-    # -- internals ------------------------------------------------------------------------------
-
-    def _startup_failed(self, w: _Worker, why: str) -> RuntimeError:
-        rc = w.proc.poll()
-        return RuntimeError(
-            f"math-verify worker failed to start ({why}; exit code {rc}). Command: "
-            f"{' '.join(self._cmd)!s}. Is math-verify installed in {sys.executable}? "
-            "The worker's stderr above has the details."
-        )
-
-    def _handle_message(self, w: _Worker, results: list) -> None:
-        """Read one message from ``w``; on EOF mark its task as an error and respawn it."""
-        try:
-            msg = _recv(w.out_fd)
-        except (EOFError, OSError, pickle.UnpicklingError):
-            if w.state == "starting":
-                err = self._startup_failed(w, "exited before it was ready")
-                w.kill()
-                raise err from None
-            if w.state == "busy" and w.task is not None:
-                results[w.task] = VerifyResult(False, False, "error")
-            self._respawn(w)
-            return
-        if msg[0] == "ready":
-            w.state = "idle"
-        elif msg[0] == "result" and w.state == "busy" and msg[1] == w.task:
-            correct, extracted, status = msg[2]
-            if status not in STATUSES:
-                status = "error"
-            if status != "ok":
-                correct = False
-            results[w.task] = VerifyResult(bool(correct), bool(extracted), status)
-            w.state = "idle"
-            w.task = None
-
-    def _new_worker(self) -> _Worker:
-        env = dict(self._env)
-        main = threading.current_thread() is threading.main_thread()
-        env["STALERL_VERIFY_PDEATHSIG"] = "1" if main else "0"
-        return _Worker(self._cmd, env)
-
-    def _respawn(self, w: _Worker) -> None:
-        w.kill()
-        idx = self._workers.index(w)
-        self._workers[idx] = self._new_worker()
-        self.stats["respawns"] += 1
-
-    def _wait_started(self) -> None:
-        while any(w.state == "starting" for w in self._workers):
-            starting = [w for w in self._workers if w.state == "starting"]
-            now = time.monotonic()
-            for w in starting:
-                if now - w.started_at > self.startup_timeout_s:
-                    raise self._startup_failed(w, f"not ready after {self.startup_timeout_s:.0f} s")
-            readable, _, _ = select.select([w.out_fd for w in starting], [], [], 0.5)
-            for w in starting:
-                if w.out_fd in readable:
-                    self._handle_message(w, [])
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -592,7 +296,7 @@ class MathVerifier:
         if self._closed:
             raise RuntimeError("MathVerifier is closed")
         results: list[VerifyResult | None] = [None] * len(golds)
-        queue: deque[int] = deque()
+        to_check: list[int] = []
         n_fast = 0
         for i, (g, p) in enumerate(zip(golds, preds, strict=True)):
             g = "" if g is None else str(g)
@@ -602,52 +306,38 @@ class MathVerifier:
                 results[i] = VerifyResult(True, True, "ok")
                 n_fast += 1
             else:
-                queue.append(i)
+                to_check.append(i)
         with self._lock:
             if self._closed:
                 raise RuntimeError("MathVerifier is closed")
-            self._run(queue, [str(g) for g in golds], [str(p) for p in preds], results)
+            outcomes = self._pool.run([(str(golds[i]), str(preds[i])) for i in to_check])
+            for i, outcome in zip(to_check, outcomes, strict=True):
+                results[i] = _result_of(outcome)
+            self.stats["respawns"] = self._pool.respawns
             self.stats["fast_path"] += n_fast
             for r in results:
                 assert r is not None
                 self.stats[r.status] += 1
         return results  # type: ignore[return-value]
 
-    def _run(self, queue: deque, golds: list[str], preds: list[str], results: list) -> None:
-        while True:
-            # Hand out work to idle workers.
-            for w in list(self._workers):
-                while w.state == "idle" and queue:
-                    i = queue.popleft()
-                    if not w.send_task(i, golds[i], preds[i], self.timeout_s):
-                        queue.appendleft(i)
-                        self._respawn(w)
-                        break
-            active = [w for w in self._workers if w.state in ("busy", "starting")]
-            if not any(w.state == "busy" for w in active) and not queue:
-                return
-            now = time.monotonic()
-            wait_s = 0.5
-            for w in active:
-                if w.state == "busy":
-                    wait_s = min(wait_s, max(0.0, w.deadline - now))
-                elif now - w.started_at > self.startup_timeout_s:
-                    raise self._startup_failed(w, f"not ready after {self.startup_timeout_s:.0f} s")
-            readable, _, _ = select.select([w.out_fd for w in active], [], [], wait_s)
-            for w in active:
-                if w.out_fd in readable:
-                    self._handle_message(w, results)
-            now = time.monotonic()
-            for w in list(self._workers):
-                if w.state == "busy" and now >= w.deadline:
-                    results[w.task] = VerifyResult(False, False, "timeout")
-                    self._respawn(w)
 
+def _result_of(outcome: tuple[str, Any]) -> VerifyResult:
+    """Score one worker outcome (see :meth:`stalerl.rewards.verifier_pool.WorkerPool.run`).
 
-if __name__ == "__main__":
-    # Worker mode. Drop this file's own directory from sys.path so that sibling modules
-    # (boxed.py, reward.py, ...) cannot shadow anything.
-    _here = os.path.dirname(os.path.abspath(__file__))
-    if sys.path and os.path.abspath(sys.path[0] or os.getcwd()) == _here:
-        sys.path.pop(0)
-    sys.exit(_worker_main(sys.argv[1:]))
+    A check past the deadline is a ``"timeout"``, and so is math-verify's own
+    ``TimeoutException`` escaping the check; a crashed worker, a ``MemoryError`` under the
+    address-space cap, any other exception or a malformed reply is an ``"error"``. Anything but
+    ``"ok"`` scores ``correct=False``.
+    """
+    kind, value = outcome
+    if kind == "timeout" or (kind == "raised" and value == "TimeoutException"):
+        return VerifyResult(False, False, "timeout")
+    if kind != "returned":
+        return VerifyResult(False, False, "error")
+    try:
+        correct, extracted, status = bool(value[0]), bool(value[1]), str(value[2])
+    except (TypeError, IndexError, KeyError):
+        return VerifyResult(False, False, "error")
+    if status not in STATUSES:
+        status = "error"
+    return VerifyResult(correct and status == "ok", extracted, status)

@@ -97,6 +97,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as tmp
 
+from stalerl.errors import UserError
 from stalerl.models.device import resolve_device
 from stalerl.models.precision import DTYPES
 from stalerl.rewards.reward import build_reward_fn
@@ -125,7 +126,7 @@ class AsyncWorkerError(RuntimeError):
     """The rollout worker failed (its traceback is in the message) or died."""
 
 
-class AsyncWorkerUserError(AsyncWorkerError, ValueError):
+class AsyncWorkerUserError(AsyncWorkerError, UserError):
     """A user error raised in the worker (a reward function that raises...): its message is the
     one sync mode gives, and the CLI reports it like any user error (one line, exit status 2)."""
 

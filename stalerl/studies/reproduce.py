@@ -23,6 +23,7 @@ starts once those have finished.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -30,7 +31,7 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -45,6 +46,8 @@ from stalerl.studies.definitions import (
 )
 from stalerl.training.logger import read_jsonl
 from stalerl.training.rundir import is_run
+
+log = logging.getLogger(__name__)
 
 REWARD_SMOOTHING = 5
 """Steps of the moving average the largest reward drop is measured on (one batch is noisy)."""
@@ -199,12 +202,18 @@ def _num(x) -> str:
 
 def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = False, scale: str = "testbed",
               seeds: int | None = None, overrides: list[str] | None = None, dry_run: bool = False,
-              progress: bool = True, jobs: int = 1) -> Path:
-    """Run (or resume) a study, ``jobs`` runs at a time; returns its output directory."""
+              progress: bool = True, jobs: int = 1, echo: Callable[[str], None] | None = None) -> Path:
+    """Run (or resume) a study, ``jobs`` runs at a time; returns its output directory.
+
+    ``echo`` receives what the command shows: the commands of a dry run, one line per run started,
+    and the verdicts at the end (default: this module's logger at INFO level; ``stalerl reproduce``
+    prints them). ``progress=False`` silences the training runs' own progress.
+    """
+    echo = echo or log.info
     if study_name not in STUDIES:
-        raise ValueError(f"unknown study {study_name!r}; available: {', '.join(STUDIES)}")
+        raise UserError(f"unknown study {study_name!r}; available: {', '.join(STUDIES)}")
     if jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
     study = STUDIES[study_name]
     out = Path(out) if out else Path("studies") / (study_name + ("-quick" if quick else ""))
     seeds = seeds if seeds is not None else (1 if quick else study.seeds)
@@ -225,13 +234,13 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
     if dry_run:
         for condition, _, _, args in plan:
             note = "   # hyperparameters derived at run time from the earlier conditions" if condition.derive else ""
-            print("stalerl train " + " ".join(args) + note)
+            echo("stalerl train " + " ".join(args) + note)
         return out
     if scale == "paper":
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError("--scale paper trains Qwen3-1.7B-Base and needs a GPU (and network access to the hub "
+            raise UserError("--scale paper trains Qwen3-1.7B-Base and needs a GPU (and network access to the hub "
                              "for the model and DeepScaleR); use --dry-run to print the commands")
     runner = _Runner(jobs, progress)
     try:
@@ -244,7 +253,7 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
                 plan[i - 1] = (derived, seed, run_dir, args)
                 _write_plan(out, plan)
             if not (run_dir / "summary.json").exists():
-                print(f"[{study_name}] {i}/{len(plan)}: {condition.name} seed {seed}", flush=True)
+                echo(f"[{study_name}] {i}/{len(plan)}: {condition.name} seed {seed}")
                 runner.run(args, run_dir)
         runner.wait_all()
     finally:
@@ -253,7 +262,7 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
     rows = verdicts(study, stats)
     write_verdicts(out, study, rows, stats, seeds, quick)
     _report(out, [d for _, _, d, _ in plan], study.title)
-    print((out / "verdicts.md").read_text())
+    echo((out / "verdicts.md").read_text())
     return out
 
 
@@ -310,7 +319,7 @@ class _Runner:
         message = (f"stalerl train for {run_dir} failed (exit code {proc.returncode}): "
                    f"{lines[-1] if lines else 'no output'}; its output is in {run_dir / 'train.log'}")
         # exit code 2: the run's own configuration was wrong, a user error like in this process
-        raise ValueError(message) if proc.returncode == 2 else RuntimeError(message)
+        raise UserError(message) if proc.returncode == 2 else RuntimeError(message)
 
     def wait_all(self) -> None:
         while self.running:
@@ -349,13 +358,14 @@ def verdicts_from_stats(study_name: str, stats_file: str | Path) -> list[dict[st
     """The verdicts of a study recomputed from a saved ``stats.json`` (runs are not needed);
     claims whose statistics the file lacks (older runs) get the verdict None."""
     if study_name not in STUDIES:
-        raise ValueError(f"unknown study {study_name!r}; available: {', '.join(STUDIES)}")
+        raise UserError(f"unknown study {study_name!r}; available: {', '.join(STUDIES)}")
     return verdicts(STUDIES[study_name], json.loads(Path(stats_file).read_text()))
 
 
 def main(args) -> int:
     reproduce(args.study, out=args.out, quick=args.quick, scale=args.scale, seeds=args.seeds,
-              overrides=args.overrides, dry_run=getattr(args, "dry_run", False), jobs=getattr(args, "jobs", 1))
+              overrides=args.overrides, dry_run=getattr(args, "dry_run", False), jobs=getattr(args, "jobs", 1),
+              echo=lambda text: print(text, flush=True))
     return 0
 
 

@@ -13,13 +13,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from stalerl.errors import UserError
 from stalerl.training import checkpoint as ckpt
 from stalerl.training.logger import read_jsonl
 
 __all__ = ["ExportError", "find_checkpoint", "export_checkpoint"]
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """The run directory or the requested step has no checkpoint to export."""
 
 

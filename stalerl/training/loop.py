@@ -101,19 +101,19 @@ def load_policy(config: TrainConfig, progress: bool = True):
     if local.exists() or path.startswith(("/", ".", "~")) or path.count("/") > 1:
         # a local checkpoint: say what is wrong instead of transformers' hub / tokenizer messages
         if not local.is_dir():
-            raise ValueError(f"model.path={mc.path!r}: no such directory")
+            raise ckpt.CheckpointError(f"model.path={mc.path!r}: no such directory")
         if not (local / "config.json").is_file():
-            raise ValueError(f"model.path={mc.path!r}: {local} holds no config.json "
+            raise ckpt.CheckpointError(f"model.path={mc.path!r}: {local} holds no config.json "
                              "(a checkpoint saved with save_pretrained is expected)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         reason = " ".join(str(err).split())  # one line
-        raise ValueError(f"model.path={mc.path!r} could not be loaded: {reason}") from None
+        raise ckpt.CheckpointError(f"model.path={mc.path!r} could not be loaded: {reason}") from None
     model = ckpt.load_model(path, f"model.path={mc.path!r}", **kwargs)
     if not tokenizer("What is 1+1?", add_special_tokens=False)["input_ids"]:
         # transformers builds an empty tokenizer for a directory without tokenizer files
-        raise ValueError(f"model.path={mc.path!r}: its tokenizer encodes text to nothing (are the tokenizer "
+        raise ckpt.CheckpointError(f"model.path={mc.path!r}: its tokenizer encodes text to nothing (are the tokenizer "
                          "files missing? save the tokenizer with save_pretrained next to the model)")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -278,7 +278,7 @@ def _record_diagnostics(diag, out, log_prob, micro, entropy, per_micro: int = 64
     if "traj_accepted" in extras:
         diag["traj_accepted"] += extras["traj_accepted"].cpu().tolist()
     mask = micro["response_mask"].bool()
-    ratio = torch.exp(torch.clamp(log_prob.detach() - micro["old_log_prob"], -20, 20))[mask]
+    ratio = torch.exp(objectives.core.log_ratio(log_prob.detach(), micro["old_log_prob"]))[mask]
     ent = entropy.detach()[mask]
     if ratio.numel():
         pick = torch.linspace(0, ratio.numel() - 1, min(per_micro, ratio.numel())).long()

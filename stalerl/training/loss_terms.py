@@ -41,7 +41,7 @@ def kl_estimate(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, kind: str) -
     elif base in ("mse", "k2"):
         value = 0.5 * (log_prob - ref_log_prob).square()
     elif base in ("low_var_kl", "k3"):
-        kl = torch.clamp(ref_log_prob - log_prob, min=-20, max=20)  # clamps as verl, for stability
+        kl = core.log_ratio(ref_log_prob, log_prob)  # clamped to [-20, 20] as verl does, for stability
         value = torch.clamp(torch.exp(kl) - kl - 1, min=-10, max=10)
     else:
         raise ValueError(f"algorithm.kl_loss_type={kind!r} is not a verl kl_loss_type")
