@@ -43,7 +43,7 @@ def test_listed_matches_placeholders_within_one_component():
 def test_table_has_each_key_once_and_known_namespaces():
     assert len(KEYS) == len(set(KEYS)) and len(KEYS) > 60
     namespaces = {k.split("/")[0] + "/" for k in KEYS if "/" in k}
-    assert namespaces == {"rollout/", "train/", "actor/", "eval/", "time/", "perf/", "data/"}
+    assert namespaces == {"rollout/", "train/", "actor/", "eval/", "timing_s/", "perf/", "data/"}
 
 
 def test_tiny_run_writes_only_listed_keys(make_config):
@@ -55,10 +55,11 @@ def test_tiny_run_writes_only_listed_keys(make_config):
                                "optim.max_nonfinite_in_row=1"))
     assert result.crashed_at == 2
     written = {}
-    for name in ("metrics.jsonl", "updates.jsonl", "diagnostics.jsonl"):
+    for name in ("metrics.jsonl", "updates.jsonl", "diagnostics.jsonl", "events.jsonl"):
         for record in read_jsonl(result.run_dir / name):
             written.update(dict.fromkeys(record, name))
     assert {"rollout/count_ok", "eval/pass@1", "actor/pg_clipfrac", "train/staleness", "event", "reason"} <= set(written)
+    assert written["event"] == "events.jsonl" and written["timing_s/step"] == "metrics.jsonl"
     assert {k: f for k, f in written.items() if not listed(k, KEYS)} == {}
 
 

@@ -38,6 +38,7 @@ from stalerl import objectives
 from stalerl.data.prompts import PromptSampler, build_prompts, prompt_limits
 from stalerl.objectives.core import Stat
 from stalerl.rollout.generation import behaviour_log_probs, generate
+from stalerl.run_files import RunFiles, read_steps, run_summary
 from stalerl.runtime import choose_threads, set_threads
 from stalerl.staleness.buffer import RolloutBatch, StaleBuffer
 from stalerl.training import checkpoint as ckpt
@@ -45,7 +46,7 @@ from stalerl.training import precision, rundir
 from stalerl.training.advantages import group_advantages
 from stalerl.training.config import ConfigError, TrainConfig, to_dict, validate
 from stalerl.training.groups import collect_groups, score_groups
-from stalerl.training.logger import EVAL_PROBLEMS_KEY, make_run_logger, read_jsonl
+from stalerl.training.logger import EVAL_PROBLEMS_KEY, make_run_logger
 from stalerl.training.logprobs import completion_log_probs
 from stalerl.training.loss_terms import build_loss_terms
 from stalerl.training.schedule import build_scheduler
@@ -177,7 +178,7 @@ def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_vers
     ``algorithm`` options (DAPO's overlong penalty and dynamic sampling, masking truncated
     completions) act here, through :mod:`stalerl.training.groups`."""
     rc = config.rollout
-    times = {"time/generate": 0.0, "time/score": 0.0}
+    times = {"timing_s/gen": 0.0, "timing_s/reward": 0.0}
     sampling_model = precision.generation_model(model, config.model)  # bf16 copy over float32 masters
 
     def sample_round(n_prompts: int):
@@ -188,15 +189,15 @@ def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_vers
             temperature=rc.temperature, top_p=rc.top_p, max_new_tokens=rc.max_new_tokens, batch_size=rc.batch_size,
             record_log_prob=record_rollout, engine=rc.engine, max_batch_tokens=rc.max_batch_tokens,
         )
-        times["time/generate"] += time.perf_counter() - t0
+        times["timing_s/gen"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         scored = score_groups(reward_fn, gen.texts, prompts, rc.group_size)
-        times["time/score"] += time.perf_counter() - t0
+        times["timing_s/reward"] += time.perf_counter() - t0
         return gen, scored
 
     gen, scored, rewards, shaping = collect_groups(sample_round, config, tokenizer.pad_token_id)
     sampling_model = None  # free the copy before the behaviour pass
-    t_generate, t_score = times["time/generate"], times["time/score"]
+    t_generate, t_score = times["timing_s/gen"], times["timing_s/reward"]
     advantages, zero_variance = group_advantages(rewards, rc.group_size)
     t0 = time.perf_counter()
     with _compute(config, model):
@@ -209,15 +210,15 @@ def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_vers
     info = {
         "rollout/reward_mean": rewards.mean().item(),
         "rollout/accuracy": float(np.mean(scored.correct)),
-        "rollout/extracted": float(np.mean(scored.extracted)),
+        "rollout/extracted_frac": float(np.mean(scored.extracted)),
         "rollout/response_length_mean": lengths.mean().item(),
         "rollout/response_length_max": lengths.max().item(),
         "rollout/truncated_frac": gen.truncated.float().mean().item(),
         "rollout/zero_variance_group_frac": zero_variance,
         "rollout/policy_version": float(policy_version),
-        "time/generate": t_generate,
-        "time/score": t_score,
-        "time/behaviour_logprob": t_behaviour,
+        "timing_s/gen": t_generate,
+        "timing_s/reward": t_score,
+        "timing_s/old_log_prob": t_behaviour,
         "perf/generated_tokens": lengths.sum().item(),
     }
     for key, count in scored.counts.items():
@@ -422,7 +423,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bo
 
 def _train(config: TrainConfig, run_dir: Path, resume_from: Path | None, progress: bool) -> RunResult:
     """The loop itself, under the run directory's lock (see :func:`train`)."""
-    checkpoint_root = run_dir / "checkpoints"
+    checkpoint_root = RunFiles(run_dir).checkpoints
     seed_everything(config.seed)
     model, tokenizer, model_path = load_policy(config, progress=progress)
     if resume_from is not None:
@@ -489,7 +490,7 @@ def _train(config: TrainConfig, run_dir: Path, resume_from: Path | None, progres
                 batch, infos, waited = rollouts.next_batch(state)
                 for info in infos:
                     fresh = _merge_fresh(fresh, info)
-                fresh["time/wait_rollout"] = waited
+                fresh["timing_s/wait_rollout"] = waited
             else:
                 while not buffer.ready() and state.generated_batches < generation_limit:
                     generated = make_rollout_batch(config, model, tokenizer, sampler, reward_fn, state.updates, record_rollout)
@@ -530,10 +531,10 @@ def _train(config: TrainConfig, run_dir: Path, resume_from: Path | None, progres
                 "train/data_policy_version": float(batch.policy_version),
                 "train/skipped_updates_total": float(state.skipped_updates),
                 "train/updates": float(state.updates),
-                "time/train": t_train,
-                "time/step": time.perf_counter() - t_step,
+                "timing_s/update_actor": t_train,
+                "timing_s/step": time.perf_counter() - t_step,
             })
-            record["perf/tokens_per_s"] = record.get("perf/generated_tokens", 0.0) / max(record["time/step"], 1e-9)
+            record["perf/tokens_per_s"] = record.get("perf/generated_tokens", 0.0) / max(record["timing_s/step"], 1e-9)
             if config.eval.every and state.step % config.eval.every == 0 or state.step == config.steps:
                 record.update(evaluate(config, model, tokenizer, eval_prompts, reward_fn, step=state.step))
             logger.log_step(state.step, record)
@@ -623,7 +624,7 @@ def _generation_limit(config) -> float:
 def _merge_fresh(previous: dict[str, float], info: dict[str, float]) -> dict[str, float]:
     """The newest batch's rollout metrics; times and token counts add up over the step's batches."""
     merged = dict(info)
-    for key in ("time/generate", "time/score", "time/behaviour_logprob", "perf/generated_tokens"):
+    for key in ("timing_s/gen", "timing_s/reward", "timing_s/old_log_prob", "perf/generated_tokens"):
         merged[key] = previous.get(key, 0.0) + info.get(key, 0.0)
     return merged
 
@@ -665,24 +666,9 @@ def _advance(bar, record) -> None:
 def _write_summary(run_dir: Path, config: TrainConfig, result: RunResult, model_path: str) -> None:
     import json
 
-    steps = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "event" not in r]
-    evals = [(r["step"], r["eval/accuracy"]) for r in steps if r.get("eval/accuracy") is not None]
-    best = max(evals, key=lambda x: x[1]) if evals else (None, None)
-    summary = {
-        "objective": config.objective.name,
-        "hparams": config.objective.hparams,
-        "staleness": config.stale.staleness,
-        "model": model_path,
-        "steps_done": result.steps_done,
-        "crashed_at": result.crashed_at,
-        "crash_reason": result.crash_reason,
-        "eval_accuracy_start": evals[0][1] if evals else None,
-        "eval_accuracy_final": evals[-1][1] if evals else None,
-        "eval_accuracy_best": best[1],
-        "best_step": best[0],
-        "skipped_updates": result.final_metrics.get("train/skipped_updates_total"),
-    }
-    rundir.atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2), "the run summary")
+    summary = run_summary(to_dict(config), read_steps(run_dir), model=model_path, steps_done=result.steps_done,
+                          crashed_at=result.crashed_at, crash_reason=result.crash_reason)
+    rundir.atomic_write_text(RunFiles(run_dir).summary, json.dumps(summary, indent=2), "the run summary")
 
 
 def _plots(run_dir: Path) -> None:
@@ -691,6 +677,6 @@ def _plots(run_dir: Path) -> None:
     except ImportError:
         return
     try:
-        learning_curves([run_dir], run_dir / "curves.png")
+        learning_curves([run_dir], RunFiles(run_dir).curves)
     except Exception as err:  # a plot must never lose a finished run
         warnings.warn(f"stalerl: could not draw curves ({err}); the run's logs are complete", stacklevel=2)
