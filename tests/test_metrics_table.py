@@ -46,6 +46,24 @@ def test_table_has_each_key_once_and_known_namespaces():
     assert namespaces == {"rollout/", "train/", "actor/", "eval/", "timing_s/", "perf/", "data/"}
 
 
+#: Shares not spelled ``_frac`` (docs/METRICS.md, "How a key is built"): verl's names, the accuracy
+#: estimators named as in the papers' tables, and AC-MIS-PO's acceptance target (a setting).
+SHARES_NAMED_OTHERWISE = {"actor/pg_clipfrac", "actor/pg_clipfrac_lower", "rollout/accuracy", "eval/accuracy",
+                          "eval/avg@{n}", "eval/maj@{n}", "eval/pass@{k}", "actor/accept_target"}
+
+
+def test_table_keys_follow_the_grammar():
+    rows = re.findall(r"^\| `([^`]+)` \|.*\| ([^|]+?) \|$", METRICS_MD.read_text(), flags=re.M)
+    units = {key: unit for key, unit in rows if "/" in key}
+    assert len(units) > 60
+    for key, unit in units.items():
+        assert re.fullmatch(r"[a-z_]+/[a-z0-9_@{}]+", key), key
+        assert not key.endswith(("_rate", "_fraction", "_count", "_avg", "_sec", "_ms")), key
+        assert (unit == "seconds") == key.startswith("timing_s/"), key  # time's unit in its namespace only
+        if unit == "fraction" and key not in SHARES_NAMED_OTHERWISE:
+            assert key.endswith("_frac"), key
+
+
 def test_tiny_run_writes_only_listed_keys(make_config):
     # math-verify reward (the rollout/count_* keys), staleness 2, evaluation every step, and a NaN
     # at update 3 that ends the run in step 2 (the crash event's keys)
