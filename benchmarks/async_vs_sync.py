@@ -96,8 +96,9 @@ def _run(args, mode: str, root: Path, index: int, threads: int = 0) -> list[dict
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     subprocess.run([sys.executable, __file__, "--_run", json.dumps(overrides)], check=True, env=env)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in records if "event" not in r and r.get("step", 0) >= 1]
+    from stalerl.run_files import read_steps
+
+    steps = [r for r in read_steps(run_dir) if r["step"] >= 1]
     return steps[args.warmup:]
 
 

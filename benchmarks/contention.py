@@ -84,8 +84,9 @@ def _run(args, overrides: list[str], env_add: dict[str, str], busy: int, run_dir
     if proc.returncode:
         sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
         raise SystemExit(f"run failed (exit {proc.returncode}): {' '.join(cmd)}")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    loop = sum(r["timing_s/step"] for r in records if "event" not in r and r.get("step", 0) >= 1)
+    from stalerl.run_files import read_steps
+
+    loop = sum(r["timing_s/step"] for r in read_steps(run_dir) if r["step"] >= 1)
     return {"wall_s": wall, "loop_s": loop, "load_1min": load}
 
 

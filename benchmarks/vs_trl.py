@@ -115,8 +115,9 @@ def _stalerl_child(args, model_dir: str, out: Path, mode: str = "sync") -> dict:
         f"reward.function={Path(__file__).resolve()}:digit_reward", f"run_dir={out / 'run'}",
     ]
     train(load_config(overrides=overrides))
-    rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "event" not in r and r["step"] >= 1][args.warmup:]
+    from stalerl.run_files import read_steps
+
+    steps = [r for r in read_steps(out / "run") if r["step"] >= 1][args.warmup:]
     return {
         "seconds": sum(r["timing_s/step"] for r in steps),
         "completions": len(steps) * P * G,

@@ -3,8 +3,9 @@ rewrites, leftovers of interrupted writes cleaned.
 
 :func:`prepare` decides, without writing anything, where a run goes and what it resumes from:
 
-* a new run (no ``--resume``) refuses a directory that already holds a run (``config.yaml``,
-  ``metrics.jsonl`` or ``checkpoints/``): it would append a second history and overwrite the
+* a new run (no ``--resume``) refuses a directory that already holds a run (records in
+  ``metrics.jsonl`` or ``events.jsonl``, or ``checkpoints/``; :class:`stalerl.run_files.RunFiles`
+  names them): it would append a second history and overwrite the
   checkpoints;
 * ``--resume`` takes the newest *intact* checkpoint (a damaged newer one is named and skipped), and
   refuses a configuration that differs from the one saved inside that checkpoint in anything but
