@@ -39,7 +39,11 @@ from typing import Any, Iterable, Mapping
 from stalerl.errors import UserError
 
 __all__ = ["RunFiles", "CheckpointFiles", "ReportFiles", "METRIC_ALIASES", "canonical", "read_jsonl",
-           "read_steps", "read_updates", "read_events", "run_summary", "eval_summary"]
+           "read_steps", "read_updates", "read_events", "run_summary", "eval_summary",
+           "CONFIG", "METRICS", "UPDATES", "DIAGNOSTICS", "EVAL_PROBLEMS", "EVENTS", "SUMMARY", "CURVES",
+           "TENSORBOARD", "WANDB_RUN_ID", "CHECKPOINTS", "REPORT", "LOCK", "CHECKPOINT_STATE", "CHECKPOINT_CONFIG",
+           "CHECKPOINT_MANIFEST", "CHECKPOINT_BUFFER", "BUFFER_TENSORS", "BUFFER_META", "LATEST", "STEP_PREFIX",
+           "REPORT_MD", "REPORT_JSON"]
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
