@@ -3,9 +3,9 @@
 Runs ``stalerl train`` twice per repeat on the same config and staleness, ``stale.mode=sync``
 then ``stale.mode=async``, each in a fresh subprocess, and reads ``metrics.jsonl``:
 
-* sync: per step, generation = ``time/generate + time/score + time/behaviour_logprob`` (the
-  batch generated during the step) and training = ``time/train`` (the ``m`` updates);
-* both: wall time per step (``time/step``) / ``m`` = wall time per update.
+* sync: per step, generation = ``timing_s/gen + timing_s/reward + timing_s/old_log_prob`` (the
+  batch generated during the step) and training = ``timing_s/update_actor`` (the ``m`` updates);
+* both: wall time per step (``timing_s/step``) / ``m`` = wall time per update.
 
 The first ``--warmup`` steps of every run are dropped (buffer fill-up, worker start, allocator
 warm-up); figures are medians over the remaining steps of all repeats. It prints
@@ -96,8 +96,9 @@ def _run(args, mode: str, root: Path, index: int, threads: int = 0) -> list[dict
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     subprocess.run([sys.executable, __file__, "--_run", json.dumps(overrides)], check=True, env=env)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in records if "event" not in r and r.get("step", 0) >= 1]
+    from stalerl.run_files import read_steps
+
+    steps = [r for r in read_steps(run_dir) if r["step"] >= 1]
     return steps[args.warmup:]
 
 
@@ -138,7 +139,7 @@ def main(argv=None) -> None:
                 print(f"  {mode} (threads {threads or 'default'}) run {i + 1}/{args.repeats}: "
                       f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
     capacity = (capacity_before + parallel_capacity()) / 2
-    sync_wall = {t: statistics.median(r["time/step"] for r in runs[("sync", t)]) for t in args.sync_threads}
+    sync_wall = {t: statistics.median(r["timing_s/step"] for r in runs[("sync", t)]) for t in args.sync_threads}
     for t, wall in sync_wall.items():
         print(f"  sync with threads={t or 'default'}: wall per update {wall / m:.3f} s", file=sys.stderr)
     best = min(sync_wall, key=sync_wall.get)  # the reference: the fastest sync setting
@@ -147,13 +148,13 @@ def main(argv=None) -> None:
     def med(mode, fn):
         return statistics.median(fn(r) for r in res[mode])
 
-    gen = med("sync", lambda r: r.get("time/generate", 0) + r.get("time/score", 0) + r.get("time/behaviour_logprob", 0)) / m
-    trn = med("sync", lambda r: r["time/train"]) / m
-    sync_u = med("sync", lambda r: r["time/step"]) / m
-    async_u = med("async", lambda r: r["time/step"]) / m
-    async_wait = med("async", lambda r: r.get("time/wait_rollout", 0.0)) / m
-    async_trn = med("async", lambda r: r["time/train"]) / m
-    async_gen = med("async", lambda r: r.get("time/generate", 0) + r.get("time/score", 0) + r.get("time/behaviour_logprob", 0)) / m
+    gen = med("sync", lambda r: r.get("timing_s/gen", 0) + r.get("timing_s/reward", 0) + r.get("timing_s/old_log_prob", 0)) / m
+    trn = med("sync", lambda r: r["timing_s/update_actor"]) / m
+    sync_u = med("sync", lambda r: r["timing_s/step"]) / m
+    async_u = med("async", lambda r: r["timing_s/step"]) / m
+    async_wait = med("async", lambda r: r.get("timing_s/wait_rollout", 0.0)) / m
+    async_trn = med("async", lambda r: r["timing_s/update_actor"]) / m
+    async_gen = med("async", lambda r: r.get("timing_s/gen", 0) + r.get("timing_s/reward", 0) + r.get("timing_s/old_log_prob", 0)) / m
     stale_sync = sorted({r["train/staleness_max"] for r in res["sync"]})
     stale_async = sorted({r["train/staleness_max"] for r in res["async"]})
     out = {

@@ -13,7 +13,7 @@ each idle and beside ``k`` CPU-bound processes (``python -c 'while True: pass'``
 the run and killed after it) for ``k`` in ``--busy`` (default 1, and ``cores - 1`` on machines
 with more than 2 cores). Rounds are interleaved (every variant once per round, ``--repeats``
 rounds). It prints the median wall time of each (the whole command, as a user times it, and
-the loop alone: the sum of the steps' ``time/step``), the ratios ``contended / idle`` (target
+the loop alone: the sum of the steps' ``timing_s/step``), the ratios ``contended / idle`` (target
 on 2 cores with one busy process: <= 1.5) and ``stalerl idle / old default idle`` (target:
 <= 1.05), the load average (``os.getloadavg()``) before each run and the cores.
 
@@ -84,8 +84,9 @@ def _run(args, overrides: list[str], env_add: dict[str, str], busy: int, run_dir
     if proc.returncode:
         sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-4000:])
         raise SystemExit(f"run failed (exit {proc.returncode}): {' '.join(cmd)}")
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    loop = sum(r["time/step"] for r in records if "event" not in r and r.get("step", 0) >= 1)
+    from stalerl.run_files import read_steps
+
+    loop = sum(r["timing_s/step"] for r in read_steps(run_dir) if r["step"] >= 1)
     return {"wall_s": wall, "loop_s": loop, "load_1min": load}
 
 

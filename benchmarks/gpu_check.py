@@ -15,7 +15,7 @@ is ``--max-new-tokens`` long (the printed mean length says whether the generatio
 
 Printed per step and as the mean over the steps after the first (warm-up):
 
-* generation tokens/s: response tokens / ``time/generate``;
+* generation tokens/s: response tokens / ``timing_s/gen``;
 * training tokens/s: prompt + response tokens of the batch (each trained on once) / the time of
   its ``optim.mini_batches`` updates;
 * peak memory: ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on a CPU;
@@ -156,7 +156,7 @@ def main(argv=None) -> dict[str, float]:
     try:
         for step in range(args.steps):
             batch = make_rollout_batch(config, model, tokenizer, sampler, reward_fn, state.updates, False)
-            gen_tokens, t_gen = batch.info["perf/generated_tokens"], batch.info["time/generate"]
+            gen_tokens, t_gen = batch.info["perf/generated_tokens"], batch.info["timing_s/gen"]
             _sync(device)
             t0 = time.perf_counter()
             for mini in torch.randperm(len(batch)).chunk(config.optim.mini_batches):

@@ -40,7 +40,7 @@ Two comparisons, each measured in the same run:
    same-machine ratio (the fastest stalerl sync against the fastest TRL).
 
 Each run is a fresh subprocess. Throughput = completions of the generation batches after the
-first ``--warmup`` ones, divided by the wall time they took (stalerl: the steps' ``time/step``;
+first ``--warmup`` ones, divided by the wall time they took (stalerl: the steps' ``timing_s/step``;
 TRL: a callback's timestamps at the optimizer steps that close those generation batches). It
 prints completions/s of each, the two ratios (target: stalerl >= 1.5x TRL) and per-phase
 stalerl times. ``--repeats`` rounds run interleaved; figures are medians.
@@ -115,16 +115,17 @@ def _stalerl_child(args, model_dir: str, out: Path, mode: str = "sync") -> dict:
         f"reward.function={Path(__file__).resolve()}:digit_reward", f"run_dir={out / 'run'}",
     ]
     train(load_config(overrides=overrides))
-    rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "event" not in r and r["step"] >= 1][args.warmup:]
+    from stalerl.run_files import read_steps
+
+    steps = [r for r in read_steps(out / "run") if r["step"] >= 1][args.warmup:]
     return {
-        "seconds": sum(r["time/step"] for r in steps),
+        "seconds": sum(r["timing_s/step"] for r in steps),
         "completions": len(steps) * P * G,
         "length_mean": statistics.mean(r["rollout/response_length_mean"] for r in steps),
         "staleness_max": max(r["train/staleness_max"] for r in steps),
         "phase_s": {k: statistics.median(r.get(k, 0.0) for r in steps)
-                    for k in ("time/generate", "time/score", "time/behaviour_logprob", "time/train", "time/wait_rollout",
-                                "time/step")},
+                    for k in ("timing_s/gen", "timing_s/reward", "timing_s/old_log_prob", "timing_s/update_actor", "timing_s/wait_rollout",
+                                "timing_s/step")},
     }
 
 

@@ -76,7 +76,7 @@ def _records(run_dir: Path, name: str):
 
 
 def _worker_pids(run_dir):
-    return [r["pid"] for r in _records(run_dir, "metrics.jsonl") if r.get("event") == "async_worker_start"]
+    return [r["pid"] for r in _records(run_dir, "events.jsonl") if r.get("event") == "async_worker_start"]
 
 
 def _assert_gone(pid):
@@ -191,7 +191,7 @@ def test_train_async_bound_clean_end_and_resume(async_env, tmp_path):
     result = train(_config(async_env, run, "steps=3"))
     assert result.steps_done == 3 and result.crashed_at is None
     steps = _check_accounting(run, s, m)
-    assert len(steps) == 3 and all(r["time/wait_rollout"] >= 0 for r in steps)
+    assert len(steps) == 3 and all(r["timing_s/wait_rollout"] >= 0 for r in steps)
     (first_pid,) = _worker_pids(run)
     _assert_gone(first_pid)
     saved = ckpt.load_state(ckpt.latest_checkpoint(run / "checkpoints"))

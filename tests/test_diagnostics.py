@@ -137,8 +137,8 @@ def test_loaders_and_compare_runs(tmp_path):
          "entropy": [1.0, 2.0], "ratio": [1.0, 1.2]},
         {"step": 1, "update": 1, "traj_log_ratio": [0.0005], "traj_accepted": [True], "entropy": [3.0], "ratio": [1.0]},
     ], [
-        {"step": 1, "update": 0, "train/grad_norm": 1.0, "actor/traj_accept_rate": 0.6, "actor/m2": 0.1},
-        {"step": 1, "update": 1, "train/grad_norm": None, "actor/traj_accept_rate": 1.0, "actor/m2": 0.01},
+        {"step": 1, "update": 0, "train/grad_norm": 1.0, "actor/traj_accept_frac": 0.6, "actor/m2": 0.1},
+        {"step": 1, "update": 1, "train/grad_norm": None, "actor/traj_accept_frac": 1.0, "actor/m2": 0.01},
     ])
     b = _fake_run(tmp_path / "b", "grpo", {}, [
         {"step": 1, "update": 0, "traj_log_ratio": [-0.01, 0.0, 0.002, 0.0001], "entropy": [], "ratio": []},

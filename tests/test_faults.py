@@ -251,7 +251,7 @@ def _async(tiny_overrides, run, *extra):
 
 
 def _worker_pid(run: Path) -> int:
-    return [r for r in read_jsonl(run / "metrics.jsonl") if r.get("event") == "async_worker_start"][-1]["pid"]
+    return [r for r in read_jsonl(run / "events.jsonl") if r.get("event") == "async_worker_start"][-1]["pid"]
 
 
 def test_worker_killed_by_sigkill_ends_the_run_in_one_line(tiny_overrides, tmp_path, monkeypatch, capsys):

@@ -107,7 +107,7 @@ def test_trains_with_every_objective(name, tokenizer, tmp_path):
     if name == "m2po_capped":
         assert "actor/m2_cap" in metrics
     if "mispo" in name:
-        assert "actor/token_accept_rate" in metrics
+        assert "actor/token_accept_frac" in metrics
     if name == "ac_mispo":
         assert trainer.objective.state_dict()["step"] == 2 and "actor/traj_bound" in metrics
 
@@ -237,7 +237,7 @@ def test_metrics_pool_over_the_accumulation_window(tokenizer, tmp_path):
         part = {key: (v[rows] if isinstance(v, torch.Tensor) and v.dim() > 0 else v) for key, v in inputs.items()}
         split._step = k
         loss_and_grad(split, part)
-    assert 0 < whole._metrics["train"]["actor/traj_accept_rate"][0] < 1
-    for key in ("actor/ratio_max", "actor/pg_clipfrac", "actor/traj_accept_rate", "actor/accepted_log_ratio_std"):
+    assert 0 < whole._metrics["train"]["actor/traj_accept_frac"][0] < 1
+    for key in ("actor/ratio_max", "actor/pg_clipfrac", "actor/traj_accept_frac", "actor/accepted_log_ratio_std"):
         assert len(split._metrics["train"][key]) == 1
         assert split._metrics["train"][key][0] == pytest.approx(whole._metrics["train"][key][0], rel=1e-5, abs=1e-7), key

@@ -24,7 +24,7 @@ PACKAGE = ROOT / "stalerl"
 #: ``__init__`` (the top-level API) only.
 LAYERS: list[list[str]] = [
     ["stalerl.errors", "stalerl.runtime", "stalerl._lazy"],
-    ["stalerl.models", "stalerl.testbed", "stalerl.rewards"],
+    ["stalerl.models", "stalerl.testbed", "stalerl.rewards", "stalerl.run_files"],
     ["stalerl.objectives", "stalerl.data"],
     ["stalerl.rollout"],
     ["stalerl.staleness"],

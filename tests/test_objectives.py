@@ -143,8 +143,8 @@ def test_grpo_clips_both_sides():
     # seq 1 (A=-2): r=e^.05 inside; r=e^-.4 < .8 with A<0 -> clipped to .8; padded token ignored
     expected = -(e(0.1) + e(-0.3) + 1.2 - 2 * e(0.05) - 2 * 0.8) / 5
     assert out.loss.item() == pytest.approx(expected, abs=1e-12)
-    assert out.metrics["actor/pg_clipfrac_high"] == pytest.approx(1 / 5)
-    assert out.metrics["actor/pg_clipfrac_low"] == pytest.approx(1 / 5)
+    assert out.metrics["actor/clipped_above_frac"] == pytest.approx(1 / 5)
+    assert out.metrics["actor/clipped_below_frac"] == pytest.approx(1 / 5)
     out.loss.backward()
     # clipped tokens get no gradient; unclipped get -A r / 5
     g = torch.tensor([[-e(0.1), -e(-0.3), 0.0], [2 * e(0.05), 0.0, 0.0]], dtype=D) / 5
@@ -235,7 +235,7 @@ def test_cispo():
     out.loss.backward()
     grad = torch.tensor([[-w[0][0], -w[0][1], -5.0], [2 * w[1][0], 2 * w[1][1], 0.0]], dtype=D) / 5
     torch.testing.assert_close(g.grad, grad, atol=1e-12, rtol=0)
-    assert out.metrics["actor/pg_clipfrac_high"] == pytest.approx(1 / 5)
+    assert out.metrics["actor/clipped_above_frac"] == pytest.approx(1 / 5)
 
 
 def test_cispo_paper_preset_clips_low():
@@ -302,7 +302,7 @@ def test_mispo():
     # seq0 all tokens kept; seq1 tokens e^.9 > 2 and e^-.9 < .5 rejected, third kept; seq2 rejected
     expected = -(e(0.002) + e(-0.004) + e(0.0) - e(0.0015)) / 8
     assert out.loss.item() == pytest.approx(expected, abs=1e-12)
-    assert out.metrics["actor/traj_accept_rate"] == pytest.approx(2 / 3)
+    assert out.metrics["actor/traj_accept_frac"] == pytest.approx(2 / 3)
     assert out.extras["traj_accepted"].tolist() == [True, True, False]
 
 

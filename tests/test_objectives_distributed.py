@@ -216,4 +216,4 @@ def test_metrics_pooled_over_ranks_equal_single_process(rank_results):
             assert set(pooled) == set(single)
             for key, value in single.items():
                 assert pooled[key] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, key)
-    assert 0 < rank_results[0]["pooled_mispo_random_traj"]["actor/traj_accept_rate"] < 1
+    assert 0 < rank_results[0]["pooled_mispo_random_traj"]["actor/traj_accept_frac"] < 1

@@ -171,8 +171,8 @@ def test_batches_exercise_every_clip_branch():
     for seed in SEEDS:
         lp, old, adv, mask = make_batch(seed)
         m = stalerl_loss_grad("grpo", lp, old, adv, mask, epsilon_low=0.2, epsilon_high=0.28, dual_clip=3.0)[2].metrics
-        lows += m["actor/pg_clipfrac_low"]
-        highs += m["actor/pg_clipfrac_high"]
+        lows += m["actor/clipped_below_frac"]
+        highs += m["actor/clipped_above_frac"]
         duals += m["actor/pg_clipfrac_lower"]
     assert lows > 0 and highs > 0 and duals > 0
 
@@ -413,4 +413,4 @@ def test_cispo_matches_trl_cispo(epsilon_high):
         trainer = trl_trainer("cispo", epsilon_low=0.2, epsilon_high=1.0 + epsilon_high)
         theirs = trl_loss_grad(trainer, lp, old, adv, mask)
         assert_same(ours, theirs, f"cispo vs TRL cispo seed={seed}")
-        assert ours[2].metrics["actor/pg_clipfrac_high"] > 0  # the cap is active in every batch
+        assert ours[2].metrics["actor/clipped_above_frac"] > 0  # the cap is active in every batch

@@ -11,10 +11,15 @@ import yaml
 
 from stalerl.cli.main import main as cli_main
 from stalerl.evaluation import plots
+from stalerl.run_files import METRIC_ALIASES, canonical
+
+OLD_NAMES = {new: old for old, new in METRIC_ALIASES.items()}
 
 
-def make_run(path, objective="mispo", seed=0, steps=6, crash_at=None, hparams=None, staleness=2):
-    """A small fake run directory with the files and metric names ``stalerl train`` writes."""
+def make_run(path, objective="mispo", seed=0, steps=6, crash_at=None, hparams=None, staleness=2, legacy=False):
+    """A small fake run directory with the files and metric names ``stalerl train`` writes, or with
+    ``legacy`` those it wrote before the metric renames (docs/METRICS.md) and ``events.jsonl``: the
+    old names, and the crash event inside ``metrics.jsonl``."""
     rng = np.random.default_rng(seed + 17 * len(objective))
     path.mkdir(parents=True)
     config = {"objective": {"name": objective, "hparams": hparams or {}}, "seed": seed,
@@ -33,7 +38,7 @@ def make_run(path, objective="mispo", seed=0, steps=6, crash_at=None, hparams=No
             upd = {"step": step, "update": 2 * (step - 1) + u, "train/grad_norm": float(rng.random() + 0.5),
                    "actor/m2": float(rng.random() * 1e-3)}
             if filters:
-                upd["actor/traj_accept_rate"] = float(rng.random())
+                upd["actor/traj_accept_frac"] = float(rng.random())
             ups.append(upd)
             lr = rng.normal(0, 2e-3, 8)
             d = {"step": step, "update": upd["update"], "traj_log_ratio": lr.tolist(),
@@ -44,11 +49,14 @@ def make_run(path, objective="mispo", seed=0, steps=6, crash_at=None, hparams=No
         updates += ups
         rec["train/grad_norm"] = float(np.mean([u["train/grad_norm"] for u in ups]))
         if filters:
-            rec["actor/traj_accept_rate"] = float(np.mean([u["actor/traj_accept_rate"] for u in ups]))
+            rec["actor/traj_accept_frac"] = float(np.mean([u["actor/traj_accept_frac"] for u in ups]))
         metrics.append(rec)
-    if crash_at:
-        metrics.append({"event": "crash", "step": crash_at, "reason": "5 consecutive non-finite updates"})
-    for name, records in (("metrics.jsonl", metrics), ("updates.jsonl", updates), ("diagnostics.jsonl", diags)):
+    events = [{"event": "crash", "step": crash_at, "reason": "5 consecutive non-finite updates"}] if crash_at else []
+    if legacy:
+        metrics, updates = ([{OLD_NAMES.get(k, k): v for k, v in r.items()} for r in rs] for rs in (metrics, updates))
+        metrics, events = metrics + events, []
+    for name, records in (("metrics.jsonl", metrics), ("updates.jsonl", updates), ("diagnostics.jsonl", diags),
+                          ("events.jsonl", events)):
         (path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
     evals = [(r["step"], r["eval/accuracy"]) for r in metrics if "eval/accuracy" in r]
     best = max(evals, key=lambda e: e[1])
@@ -59,18 +67,19 @@ def make_run(path, objective="mispo", seed=0, steps=6, crash_at=None, hparams=No
     return path
 
 
-@pytest.fixture
-def fake_runs(tmp_path):
+@pytest.fixture(params=[False, True], ids=["current", "legacy"])
+def fake_runs(tmp_path, request):
     return [
-        make_run(tmp_path / "mispo-0", "mispo", 0),
-        make_run(tmp_path / "mispo-1", "mispo", 1),
-        make_run(tmp_path / "grpo-0", "grpo", 0),
-        make_run(tmp_path / "grpo-1", "grpo", 1, crash_at=4),
+        make_run(tmp_path / "mispo-0", "mispo", 0, legacy=request.param),
+        make_run(tmp_path / "mispo-1", "mispo", 1, legacy=request.param),
+        make_run(tmp_path / "grpo-0", "grpo", 0, legacy=request.param),
+        make_run(tmp_path / "grpo-1", "grpo", 1, crash_at=4, legacy=request.param),
     ]
 
 
-def _records(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def _records(run, name="metrics.jsonl"):
+    """The records of one of a run's files, under today's metric names."""
+    return [canonical(json.loads(line)) for line in (run / name).read_text().splitlines()]
 
 
 def test_group_runs_one_colour_per_objective(fake_runs, tmp_path):
@@ -114,7 +123,7 @@ def test_report_files_and_numbers(fake_runs, tmp_path):
     assert rows["grpo-1"]["crashed_at"] == 4 and rows["grpo-0"]["crashed_at"] is None
     assert "crashed at step 4" in md
     assert math.isnan(rows["grpo-0"]["traj_accept_rate_mean"])  # grpo does not filter
-    acc = [json.loads(line)["actor/traj_accept_rate"] for line in (fake_runs[0] / "updates.jsonl").read_text().splitlines()]
+    acc = [r["actor/traj_accept_frac"] for r in _records(fake_runs[0], "updates.jsonl")]
     assert rows["mispo-0"]["traj_accept_rate_mean"] == pytest.approx(np.mean(acc))
     # several seeds per objective: the per-objective table is there
     assert "## Objectives (mean ± std over seeds)" in md
@@ -134,6 +143,15 @@ def test_report_default_out_dir_and_single_run(tmp_path):
     assert "## Objectives" not in md  # one run per objective: no seed table
     assert (run / "report" / "learning.png").is_file()
     assert not (run / "report" / "accept_vs_m2.png").exists()  # no acceptance rate logged
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["events.jsonl", "event in metrics.jsonl"])
+def test_crash_read_from_the_event_without_a_summary(tmp_path, legacy):
+    run = make_run(tmp_path / "crashed", "grpo", 0, crash_at=3, legacy=legacy)
+    (run / "summary.json").unlink()  # a run killed before its summary: the crash event tells
+    loaded = plots.load_run(run)
+    assert (loaded.crashed_at, loaded.crash_reason) == (3, "5 consecutive non-finite updates")
+    assert [r["step"] for r in loaded.steps] == [0, 1, 2]  # the event is not a step
 
 
 def test_report_bad_input(tmp_path, capsys):

@@ -23,6 +23,8 @@ import json
 import sys
 from pathlib import Path
 
+from stalerl.run_files import RunFiles
+
 
 def _cmd_objectives(args) -> int:
     from stalerl import objectives
@@ -64,13 +66,13 @@ def _cmd_train(args) -> int:
     _print_summary(result)
     if result.crashed_at is not None:
         print(f"stalerl: run crashed at step {result.crashed_at}: {result.crash_reason}. "
-              f"Recorded in {result.run_dir / 'metrics.jsonl'}; the last good checkpoint is intact.", file=sys.stderr)
+              f"Recorded in {RunFiles(result.run_dir).events}; the last good checkpoint is intact.", file=sys.stderr)
         return 3
     return 0
 
 
 def _print_summary(result) -> None:
-    summary = json.loads((Path(result.run_dir) / "summary.json").read_text())
+    summary = json.loads(RunFiles(result.run_dir).summary.read_text())
     last = result.final_metrics
     rows = [
         ("run directory", str(result.run_dir)),

@@ -19,7 +19,7 @@ accept rate vs M̂2 correlation  :func:`acceptance_m2_correlation` :func:`run_ac
 Where the data come from (written by :mod:`stalerl.training.loop`):
 
 * ``updates.jsonl`` -- one record per optimizer update: ``train/grad_norm`` (NaN/null for a
-  skipped, non-finite update), ``actor/traj_accept_rate``, ``actor/m2``, ``actor/traj_bound``...
+  skipped, non-finite update), ``actor/traj_accept_frac``, ``actor/m2``, ``actor/traj_bound``...
 * ``diagnostics.jsonl`` -- one record per update: ``traj_log_ratio`` (log rho(tau) of each
   trajectory, the mean token log-ratio), ``traj_accepted`` (only for objectives that filter
   trajectories: the MIS-PO family), and a sample of tokens' ``entropy`` and ``ratio``.
@@ -32,12 +32,13 @@ accepts every trajectory, so its "accepted" distribution is that of all its traj
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from stalerl import run_files
 
 __all__ = [
     "DEFAULT_RATIO_BINS",
@@ -240,19 +241,8 @@ def acceptance_m2_correlation(
 # ============================================================================ loaders
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file (a missing file gives ``[]``; a torn last line is skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    """Records of a JSON-lines file (a missing file gives ``[]``; a damaged line is skipped)."""
+    return run_files.read_jsonl(Path(path), skip_damaged=True)
 
 
 def _run_dir(run_dir: str | Path) -> Path:
@@ -263,13 +253,13 @@ def _run_dir(run_dir: str | Path) -> Path:
 
 
 def load_updates(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The per-update records of a run (``updates.jsonl``)."""
-    return read_jsonl(_run_dir(run_dir) / "updates.jsonl")
+    """The per-update records of a run (``updates.jsonl``), with today's metric names."""
+    return run_files.read_updates(_run_dir(run_dir), skip_damaged=True)
 
 
 def load_diagnostics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The per-update diagnostic samples of a run (``diagnostics.jsonl``)."""
-    return read_jsonl(_run_dir(run_dir) / "diagnostics.jsonl")
+    return read_jsonl(run_files.RunFiles(_run_dir(run_dir)).diagnostics)
 
 
 def run_grad_norms(run_dir: str | Path) -> np.ndarray:
@@ -333,14 +323,14 @@ def run_acceptance_band(run_dir: str | Path) -> tuple[float, float] | None:
 
 
 def run_acceptance_m2(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Per update: ``actor/traj_accept_rate`` and ``actor/m2`` (NaN where not logged)."""
+    """Per update: ``actor/traj_accept_frac`` and ``actor/m2`` (NaN where not logged)."""
     ups = load_updates(run_dir)
-    return (_none_to_nan([u.get("actor/traj_accept_rate") for u in ups]),
+    return (_none_to_nan([u.get("actor/traj_accept_frac") for u in ups]),
             _none_to_nan([u.get("actor/m2") for u in ups]))
 
 
 def _config(run_dir: str | Path) -> dict[str, Any]:
-    path = _run_dir(run_dir) / "config.yaml"
+    path = run_files.RunFiles(_run_dir(run_dir)).config
     if not path.is_file():
         return {}
     import yaml

@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from stalerl.errors import UserError
+from stalerl.run_files import RunFiles
 
 log = logging.getLogger(__name__)
 
@@ -103,20 +104,22 @@ def resolve_checkpoint(checkpoint: str | Path) -> ResolvedCheckpoint:
     if path.is_dir():
         if (path / "config.json").is_file():
             run_dir = None
-            if path.parent.name == "checkpoints" and (path.parent.parent / "config.yaml").is_file():
-                run_dir = path.parent.parent
-            cfg = _read_yaml(run_dir / "config.yaml") if run_dir else {}
+            parent = RunFiles(path.parent.parent)
+            if path.parent == parent.checkpoints and parent.config.is_file():
+                run_dir = parent.root
+            cfg = _read_yaml(RunFiles(run_dir).config) if run_dir else {}
             return ResolvedCheckpoint(str(path), run_dir, cfg)
-        if (path / "checkpoints").is_dir() or (path / "config.yaml").is_file():
+        files = RunFiles(path)
+        if files.checkpoints.is_dir() or files.config.is_file():
             from stalerl.training.checkpoint import latest_checkpoint
 
-            latest = latest_checkpoint(path / "checkpoints")
+            latest = latest_checkpoint(files.checkpoints)
             if latest is None:
                 raise FileNotFoundError(
                     f"checkpoint {text!r}: the run directory has no complete checkpoint under "
-                    f"{path / 'checkpoints'} (the run may not have reached its first checkpoint)"
+                    f"{files.checkpoints} (the run may not have reached its first checkpoint)"
                 )
-            return ResolvedCheckpoint(str(latest), path, _read_yaml(path / "config.yaml"))
+            return ResolvedCheckpoint(str(latest), path, _read_yaml(files.config))
         raise FileNotFoundError(
             f"checkpoint {text!r} is a directory but neither a model (no config.json) nor a run "
             "directory (no checkpoints/); pass a run directory, a checkpoints/step_* directory or "

@@ -62,7 +62,7 @@ PANELS: tuple[Panel, ...] = (
     Panel("rollout/reward_mean", "Rollout reward", "mean reward"),
     Panel("eval/accuracy", "Held-out accuracy", "accuracy (avg@n)", share=True),
     Panel("actor/pg_clipfrac", "Clip fraction (clipped or masked tokens)", "share of tokens", share=True),
-    Panel("actor/traj_accept_rate", "Trajectory acceptance rate", "share of trajectories", share=True),
+    Panel("actor/traj_accept_frac", "Trajectory acceptance rate", "share of trajectories", share=True),
     Panel("actor/traj_bound", "Trajectory bound b (AC-MIS-PO)", "log-bound b"),
     Panel("train/grad_norm", "Gradient norm", "L2 norm before clipping", log=True),
     Panel("actor/m2", "M̂2 (mean squared token log-ratio)", "M̂2", log=True),

@@ -15,7 +15,8 @@ Writes into the output directory (default ``<first run>/report``):
 Where the numbers come from: held-out accuracy from ``eval/accuracy`` in ``metrics.jsonl``
 (best = the first maximum); grad norms and acceptance from ``updates.jsonl`` (one value per
 optimizer update; ``metrics.jsonl`` when a run has no ``updates.jsonl``); crashes from
-``summary.json`` or the crash event in ``metrics.jsonl``.
+``summary.json`` or the crash event in ``events.jsonl`` (``metrics.jsonl`` in runs written before it
+existed); metric names as today's (:data:`stalerl.run_files.METRIC_ALIASES`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from stalerl.evaluation import diagnostics as diag
 from stalerl.evaluation import plots
 from stalerl.evaluation.diagnostic_plots import bin_label
 from stalerl.evaluation.runs import Group, RunData, describe_hparams, group_runs, load_run
+from stalerl.run_files import METRICS, UPDATES, ReportFiles, RunFiles, run_summary
 from stalerl.training.rundir import check_writable
 
 __all__ = ["run_row", "build_report", "main"]
@@ -73,16 +75,13 @@ def _per_update(run: RunData, key: str) -> list[Any]:
 
 
 def run_row(run: RunData) -> dict[str, Any]:
-    """The report's numbers for one run (see the module docstring for their sources)."""
-    evals = [(r["step"], r["eval/accuracy"]) for r in run.steps
-             if isinstance(r.get("eval/accuracy"), (int, float))]
-    best = max(evals, key=lambda e: e[1]) if evals else (None, None)
+    """The report's numbers for one run (see the module docstring for their sources): the run's
+    summary (:func:`stalerl.run_files.run_summary`, as in ``summary.json``) and the update statistics."""
+    summary = run_summary(run.config, run.steps, steps_done=run.summary.get("steps_done"), crashed_at=run.crashed_at,
+                          crash_reason=run.crash_reason)
     grad = diag.grad_norm_stats(diag._none_to_nan(_per_update(run, "train/grad_norm")))
-    steps_done = run.summary.get("steps_done")
-    if steps_done is None:
-        steps_done = max((r["step"] for r in run.steps), default=0)
     accepted = diag.accepted_log_ratios([])
-    if (run.path / "diagnostics.jsonl").is_file():
+    if RunFiles(run.path).diagnostics.is_file():
         accepted = diag.run_accepted_log_ratios(run.path)
     return {
         "run": str(run.path),
@@ -91,18 +90,14 @@ def run_row(run: RunData) -> dict[str, Any]:
         "hparams": run.hparams,
         "seed": run.seed,
         "staleness": run.staleness,
-        "steps_done": int(steps_done),
-        "crashed_at": run.crashed_at,
-        "crash_reason": run.crash_reason,
-        "eval_accuracy_start": evals[0][1] if evals else None,
-        "eval_accuracy_final": evals[-1][1] if evals else None,
-        "eval_accuracy_best": best[1],
-        "best_step": best[0],
+        "steps_done": int(summary["steps_done"]),
+        **{key: summary[key] for key in ("crashed_at", "crash_reason", "eval_accuracy_start", "eval_accuracy_final",
+                                         "eval_accuracy_best", "best_step")},
         "grad_norm_mean": grad["mean"],
         "grad_norm_p99": grad["p99"],
         "grad_norm_max": grad["max"],
         "skipped_updates": grad["nonfinite"],
-        "traj_accept_rate_mean": _finite_mean(_per_update(run, "actor/traj_accept_rate")),
+        "traj_accept_rate_mean": _finite_mean(_per_update(run, "actor/traj_accept_frac")),
         "accepted_log_rho_std": float(accepted.std()) if accepted.size else math.nan,
         "reward_final": next((r["rollout/reward_mean"] for r in reversed(run.steps)
                               if isinstance(r.get("rollout/reward_mean"), (int, float))), None),
@@ -172,9 +167,10 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     if not run_dirs:
         raise UserError("give at least one run directory")
     runs = [load_run(d) for d in run_dirs]
-    out = Path(out_dir) if out_dir else runs[0].path / "report"
+    out = Path(out_dir) if out_dir else RunFiles(runs[0].path).report
     check_writable(out, "report directory")
     out.mkdir(parents=True, exist_ok=True)
+    files = ReportFiles(out)
     groups = group_runs(runs)
     color_of = {g.label: g.color for g in groups}
     label_of = {id(r): g.label for g in groups for r in g.runs}
@@ -184,23 +180,23 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     title = title or "stalerl report: " + ", ".join(g.label for g in groups)
 
     figures: dict[str, str] = {}
-    if plots.plot_panels(runs, out / "learning.png", keys=plots.LEARNING_KEYS, title="Learning curves", ncols=2):
-        figures["learning"] = "learning.png"
+    if plots.plot_panels(runs, files.figure("learning"), keys=plots.LEARNING_KEYS, title="Learning curves", ncols=2):
+        figures["learning"] = files.figure("learning").name
     dyn_keys = [p.key for p in plots.PANELS if p.key not in plots.LEARNING_KEYS]
-    if plots.plot_panels(runs, out / "dynamics.png", keys=dyn_keys, title="Training dynamics"):
-        figures["dynamics"] = "dynamics.png"
+    if plots.plot_panels(runs, files.figure("dynamics"), keys=dyn_keys, title="Training dynamics"):
+        figures["dynamics"] = files.figure("dynamics").name
     gd = _group_diagnostics(groups)
     samples, bands = gd.pop("_samples"), gd.pop("_bands")
-    if plots.plot_entropy_vs_ratio(gd["entropy_by_ratio"], out / "entropy_vs_ratio.png", colors=color_of):
-        figures["entropy"] = "entropy_vs_ratio.png"
-    if plots.plot_log_rho(samples, out / "log_rho.png", bands=bands, colors=color_of):
-        figures["log_rho"] = "log_rho.png"
+    if plots.plot_entropy_vs_ratio(gd["entropy_by_ratio"], files.figure("entropy"), colors=color_of):
+        figures["entropy"] = files.figure("entropy").name
+    if plots.plot_log_rho(samples, files.figure("log_rho"), bands=bands, colors=color_of):
+        figures["log_rho"] = files.figure("log_rho").name
     pairs = {}
     for g in groups:
         accs, m2s = zip(*[diag.run_acceptance_m2(r.path) for r in g.runs], strict=True)
         pairs[g.label] = (np.concatenate(accs), np.concatenate(m2s))
-    if plots.plot_accept_vs_m2(pairs, out / "accept_vs_m2.png", colors=color_of):
-        figures["accept_m2"] = "accept_vs_m2.png"
+    if plots.plot_accept_vs_m2(pairs, files.figure("accept_m2"), colors=color_of):
+        figures["accept_m2"] = files.figure("accept_m2").name
 
     md: list[str] = [f"# {title}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(runs)} run(s).", ""]
     md += ["## Runs", ""]
@@ -212,8 +208,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         _fmt(row["grad_norm_mean"]), _fmt(row["grad_norm_p99"]), _fmt(row["grad_norm_max"]),
         _fmt(row["traj_accept_rate_mean"]), _fmt(row["crashed_at"]),
     ] for row in rows])
-    md += ["", "Accuracy: `eval/accuracy` (held-out avg@n) in `metrics.jsonl`; grad norm (before clipping) "
-               "and acceptance rate: per optimizer update (`updates.jsonl`); — = not logged.", ""]
+    md += ["", f"Accuracy: `eval/accuracy` (held-out avg@n) in `{METRICS}`; grad norm (before clipping) "
+               f"and acceptance rate: per optimizer update (`{UPDATES}`); — = not logged.", ""]
     crashed = [row for row in rows if row["crashed_at"] is not None]
     for row in crashed:
         md.append(f"* `{row['name']}` crashed at step {row['crashed_at']}: {row['crash_reason'] or 'no reason recorded'}")
@@ -244,9 +240,9 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
                "One colour per objective; several seeds of one configuration: thick mean line over light "
                "individual runs; ✕ = crash step.", ""]
         if "learning" in figures:
-            md += ["![learning curves](learning.png)", ""]
+            md += [f"![learning curves]({figures['learning']})", ""]
         if "dynamics" in figures:
-            md += ["![training dynamics](dynamics.png)", ""]
+            md += [f"![training dynamics]({figures['dynamics']})", ""]
 
     md += ["## Diagnostics", ""]
     if gd["entropy_by_ratio"]:
@@ -263,7 +259,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         md += _table(["\\|r − 1\\|"] + labels, bin_rows)
         md.append("")
         if "entropy" in figures:
-            md += ["![entropy vs ratio](entropy_vs_ratio.png)", ""]
+            md += [f"![entropy vs ratio]({figures['entropy']})", ""]
     if gd["log_rho"]:
         md += ["### log ρ(τ) of accepted trajectories", "",
                "log ρ(τ) = mean token log-ratio of a trajectory; objectives that do not filter trajectories "
@@ -282,22 +278,22 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
             ] for p in gd["pairs"]])
             md.append("")
         if "log_rho" in figures:
-            md += ["![log rho](log_rho.png)", ""]
+            md += [f"![log rho]({figures['log_rho']})", ""]
     if gd["accept_m2"]:
         md += ["### Acceptance rate vs M̂2", "",
-               "Per optimizer update: `actor/traj_accept_rate` against `actor/m2` (pooled over seeds).", ""]
+               "Per optimizer update: `actor/traj_accept_frac` against `actor/m2` (pooled over seeds).", ""]
         md += _table(["objective", "updates", "Pearson r", "p", "Spearman ρ", "p"], [[
             lab, _fmt(c["n"]), _fmt(c["pearson"]), _fmt(c["pearson_p"]), _fmt(c["spearman"]), _fmt(c["spearman_p"]),
         ] for lab, c in gd["accept_m2"].items()])
         md.append("")
         if "accept_m2" in figures:
-            md += ["![acceptance vs M2](accept_vs_m2.png)", ""]
+            md += [f"![acceptance vs M2]({figures['accept_m2']})", ""]
     md += ["## Run directories", ""] + [f"* `{row['name']}`: `{row['run']}`" for row in rows] + [""]
 
-    report_md = out / "report.md"
+    report_md = files.markdown
     report_md.write_text("\n".join(md))
     payload = {"title": title, "runs": rows, "groups": group_rows, "diagnostics": gd, "figures": figures}
-    (out / "report.json").write_text(json.dumps(payload, indent=2, default=_json_default, allow_nan=True))
+    files.json.write_text(json.dumps(payload, indent=2, default=_json_default, allow_nan=True))
     return report_md
 
 
@@ -312,5 +308,5 @@ def _json_default(value: Any) -> Any:
 def main(args) -> int:
     """``stalerl report`` entry point (``args.run_dirs``, ``args.out``, ``args.title``)."""
     report_md = build_report(args.run_dirs, args.out, getattr(args, "title", None))
-    print(f"stalerl report: wrote {report_md} (figures and report.json beside it)")
+    print(f"stalerl report: wrote {report_md} (figures and {ReportFiles(report_md.parent).json.name} beside it)")
     return 0

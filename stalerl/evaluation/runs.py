@@ -72,39 +72,35 @@ class RunData:
         return any(isinstance(rec.get(key), (int, float)) for rec in self.steps)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    from stalerl.evaluation.diagnostics import read_jsonl
-
-    return read_jsonl(path)
-
-
 def load_run(run_dir: str | Path) -> RunData:
-    """Read a run directory (``metrics.jsonl`` required; the other files optional)."""
+    """Read a run directory (``metrics.jsonl`` required; the other files optional), with today's
+    metric names (:func:`stalerl.run_files.canonical`)."""
+    from stalerl.run_files import RunFiles, read_events, read_steps, read_updates
+
     path = Path(run_dir)
+    files = RunFiles(path)
     if not path.is_dir():
         raise FileNotFoundError(f"run directory {str(path)!r} does not exist")
-    metrics = path / "metrics.jsonl"
-    if not metrics.is_file():
-        raise RunDirError(f"{str(path)!r} is not a stalerl run directory: it has no metrics.jsonl")
-    records = _read_jsonl(metrics)
-    steps = [r for r in records if "event" not in r and "step" in r]
-    crashes = [r for r in records if r.get("event") == "crash"]
+    if not files.metrics.is_file():
+        raise RunDirError(f"{str(path)!r} is not a stalerl run directory: it has no {files.metrics.name}")
+    steps = read_steps(path, skip_damaged=True)
+    crashes = [r for r in read_events(path, skip_damaged=True) if r.get("event") == "crash"]
     config: dict[str, Any] = {}
-    if (path / "config.yaml").is_file():
+    if files.config.is_file():
         import yaml
 
-        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+        config = yaml.safe_load(files.config.read_text()) or {}
     summary: dict[str, Any] = {}
-    if (path / "summary.json").is_file():
+    if files.summary.is_file():
         try:
-            summary = json.loads((path / "summary.json").read_text())
+            summary = json.loads(files.summary.read_text())
         except json.JSONDecodeError:
             summary = {}
     crashed_at = summary.get("crashed_at")
     reason = summary.get("crash_reason")
     if crashed_at is None and crashes:
         crashed_at, reason = crashes[-1].get("step"), crashes[-1].get("reason")
-    return RunData(path, config, steps, _read_jsonl(path / "updates.jsonl"), summary,
+    return RunData(path, config, steps, read_updates(path, skip_damaged=True), summary,
                    int(crashed_at) if crashed_at is not None else None, reason)
 
 

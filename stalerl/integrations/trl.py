@@ -50,7 +50,7 @@ as the papers define it. Stateful objectives step once per training call (never 
 their state is saved as ``stalerl_objective.pt`` in every checkpoint and restored on resume.
 
 Every objective metric is logged under its stalerl name (``actor/m2``, ``actor/pg_clipfrac``,
-``actor/traj_accept_rate``, ...) in ``self._metrics[mode]``, with ``entropy`` and ``policy_loss``:
+``actor/traj_accept_frac``, ...) in ``self._metrics[mode]``, with ``entropy`` and ``policy_loss``:
 one value per optimizer step, pooled over the calls of the accumulation window and over the
 processes by :func:`stalerl.objectives.reduce_metrics` (maxima as maxima, rates over
 trajectories, spreads from pooled moments), as ``stalerl train`` logs them.

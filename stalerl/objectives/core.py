@@ -198,8 +198,8 @@ def clip_metrics(mask: torch.Tensor, clipped_low: torch.Tensor, clipped_high: to
     """``actor/pg_clipfrac`` (all clipped/truncated/masked tokens) and its low/high split."""
     return {
         "actor/pg_clipfrac": Stat.mean(clipped_low + clipped_high, mask),
-        "actor/pg_clipfrac_low": Stat.mean(clipped_low, mask),
-        "actor/pg_clipfrac_high": Stat.mean(clipped_high, mask),
+        "actor/clipped_below_frac": Stat.mean(clipped_low, mask),
+        "actor/clipped_above_frac": Stat.mean(clipped_high, mask),
     }
 
 

@@ -97,8 +97,8 @@ class MISPO(Objective):
         metrics.update(core.clip_metrics(mask, rejected * (ratio_d < 1), rejected * (ratio_d >= 1)))
         seq_valid_f = seq_valid.to(mask.dtype)
         # rates over trajectories, token shares over tokens, the spread from pooled moments
-        metrics["actor/traj_accept_rate"] = Stat.mean(traj_ok.to(mask.dtype), seq_valid_f)
-        metrics["actor/token_accept_rate"] = Stat.mean(token_ok.to(mask.dtype), mask)
+        metrics["actor/traj_accept_frac"] = Stat.mean(traj_ok.to(mask.dtype), seq_valid_f)
+        metrics["actor/token_accept_frac"] = Stat.mean(token_ok.to(mask.dtype), mask)
         metrics["actor/masked_frac"] = Stat.mean(rejected, mask)
         accepted_traj = traj_ok.to(mask.dtype) * seq_valid_f
         metrics["actor/accepted_log_ratio_std"] = Stat.std(traj_log_ratio, accepted_traj)

@@ -187,7 +187,7 @@ def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_vers
     ``algorithm`` options (DAPO's overlong penalty and dynamic sampling, masking truncated
     completions) act here, through :mod:`stalerl.rollout.groups`."""
     rc = config.rollout
-    times = {"time/generate": 0.0, "time/score": 0.0}
+    times = {"timing_s/gen": 0.0, "timing_s/reward": 0.0}
     sampling_model = precision.generation_model(model, config.model)  # bf16 copy over float32 masters
 
     def sample_round(n_prompts: int):
@@ -198,15 +198,15 @@ def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_vers
             temperature=rc.temperature, top_p=rc.top_p, max_new_tokens=rc.max_new_tokens, batch_size=rc.batch_size,
             record_log_prob=record_rollout, engine=rc.engine, max_batch_tokens=rc.max_batch_tokens,
         )
-        times["time/generate"] += time.perf_counter() - t0
+        times["timing_s/gen"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         scored = score_groups(reward_fn, gen.texts, prompts, rc.group_size)
-        times["time/score"] += time.perf_counter() - t0
+        times["timing_s/reward"] += time.perf_counter() - t0
         return gen, scored
 
     gen, scored, rewards, shaping = collect_groups(sample_round, config, tokenizer.pad_token_id)
     sampling_model = None  # free the copy before the behaviour pass
-    t_generate, t_score = times["time/generate"], times["time/score"]
+    t_generate, t_score = times["timing_s/gen"], times["timing_s/reward"]
     advantages, zero_variance = group_advantages(rewards, rc.group_size)
     t0 = time.perf_counter()
     with precision.autocast(config.model, model):  # scoring runs in model.dtype over float32 masters
@@ -219,15 +219,15 @@ def make_rollout_batch(config, model, tokenizer, sampler, reward_fn, policy_vers
     info = {
         "rollout/reward_mean": rewards.mean().item(),
         "rollout/accuracy": float(np.mean(scored.correct)),
-        "rollout/extracted": float(np.mean(scored.extracted)),
+        "rollout/extracted_frac": float(np.mean(scored.extracted)),
         "rollout/response_length_mean": lengths.mean().item(),
         "rollout/response_length_max": lengths.max().item(),
         "rollout/truncated_frac": gen.truncated.float().mean().item(),
         "rollout/zero_variance_group_frac": zero_variance,
         "rollout/policy_version": float(policy_version),
-        "time/generate": t_generate,
-        "time/score": t_score,
-        "time/behaviour_logprob": t_behaviour,
+        "timing_s/gen": t_generate,
+        "timing_s/reward": t_score,
+        "timing_s/old_log_prob": t_behaviour,
         "perf/generated_tokens": lengths.sum().item(),
     }
     for key, count in scored.counts.items():

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from stalerl.rollout.batch import RolloutBatch
+from stalerl.run_files import BUFFER_META, BUFFER_TENSORS
 
 
 class StaleBuffer:
@@ -103,9 +104,9 @@ class StaleBuffer:
                 if state[name] is not None:
                     tensors[f"{i}.{name}"] = state[name].contiguous()
             batches.append({k: state[k] for k in ("policy_version", "pad_token_id", "info")})
-        save_file(tensors, str(directory / "buffer.safetensors"))
+        save_file(tensors, str(directory / BUFFER_TENSORS))
         meta = {"staleness": self.staleness, "mini_batches": self.mini_batches, "batches": batches}
-        (directory / "buffer.json").write_text(json.dumps(meta))
+        (directory / BUFFER_META).write_text(json.dumps(meta))
 
     def load(self, directory: Path) -> None:
         """Read what :meth:`save` wrote (the same checks as :meth:`load_state_dict`)."""
@@ -116,8 +117,8 @@ def read_buffer_state(directory: Path) -> dict[str, Any]:
     """The :meth:`StaleBuffer.state_dict` that :meth:`StaleBuffer.save` wrote into ``directory``."""
     from safetensors.torch import load_file
 
-    meta = json.loads((directory / "buffer.json").read_text())
-    tensors = load_file(str(directory / "buffer.safetensors"))
+    meta = json.loads((directory / BUFFER_META).read_text())
+    tensors = load_file(str(directory / BUFFER_TENSORS))
     queue = []
     for i, batch in enumerate(meta["batches"]):
         state = {name: tensors.get(f"{i}.{name}") for name in RolloutBatch._TENSORS}

@@ -44,7 +44,7 @@ from stalerl.studies.definitions import (
     TESTBED_OVERRIDES,
     Study,
 )
-from stalerl.training.logger import read_jsonl
+from stalerl.run_files import RunFiles, read_jsonl, read_steps, read_updates
 from stalerl.training.rundir import is_run
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,8 @@ def _merge(base: list[str], study_scale: dict[str, Any]) -> list[str]:
 
 def run_stats(run_dir: Path) -> dict[str, Any]:
     """The statistics the claims are checked on, from a finished run directory."""
-    steps = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "event" not in r]
-    updates = read_jsonl(run_dir / "updates.jsonl")
-    summary = json.loads((run_dir / "summary.json").read_text())
+    steps, updates = read_steps(run_dir), read_updates(run_dir)
+    summary = json.loads(RunFiles(run_dir).summary.read_text())
 
     def series(key, records=steps):
         return [r[key] for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
@@ -109,7 +108,7 @@ def run_stats(run_dir: Path) -> dict[str, Any]:
         "reward_second_half": agg(np.mean, rewards[len(rewards) // 2:]),
         "reward_largest_drop": largest_drop(rewards, REWARD_SMOOTHING),
         "clipfrac_mean": agg(np.mean, series("actor/pg_clipfrac")),
-        "accept_mean": agg(np.mean, series("actor/traj_accept_rate")),
+        "accept_mean": agg(np.mean, series("actor/traj_accept_frac")),
         "accepted_std_mean": agg(np.mean, series("actor/accepted_log_ratio_std")),
         "grad_norm_mean": agg(np.mean, series("train/grad_norm", updates)),
         # AC-MIS-PO's adaptive trajectory log-bound b_k (per update): where it started and ended
@@ -120,7 +119,7 @@ def run_stats(run_dir: Path) -> dict[str, Any]:
     }
     accept, m2 = [], []
     for u in updates:
-        a, b = u.get("actor/traj_accept_rate"), u.get("actor/m2")
+        a, b = u.get("actor/traj_accept_frac"), u.get("actor/m2")
         if isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isfinite(a) and math.isfinite(b):
             accept.append(a)
             m2.append(b)
@@ -134,7 +133,7 @@ def run_stats(run_dir: Path) -> dict[str, Any]:
 def _problem_stats(run_dir: Path, half: float) -> dict[str, Any]:
     """Per held-out problem accuracies (same problem order in every run): the mean of the last
     ``EVAL_LAST_K`` evaluations, of the first half's, and the final evaluation's."""
-    records = [r for r in read_jsonl(run_dir / "eval_problems.jsonl") if isinstance(r.get("accuracy"), list)]
+    records = [r for r in read_jsonl(RunFiles(run_dir).eval_problems) if isinstance(r.get("accuracy"), list)]
     if not records:
         return {}
     last = np.array([r["accuracy"] for r in records[-EVAL_LAST_K:]], dtype=float)
@@ -252,7 +251,7 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
                                            extra=overrides or [])
                 plan[i - 1] = (derived, seed, run_dir, args)
                 _write_plan(out, plan)
-            if not (run_dir / "summary.json").exists():
+            if not RunFiles(run_dir).summary.exists():
                 echo(f"[{study_name}] {i}/{len(plan)}: {condition.name} seed {seed}")
                 runner.run(args, run_dir)
         runner.wait_all()

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         RewardConfig, RolloutConfig, StalenessConfig, TrainConfig, load_config, packaged_configs, to_dict, validate,
     )
     from stalerl.training.config_help import config_help
-    from stalerl.training.logger import read_jsonl
+    from stalerl.run_files import read_jsonl
     from stalerl.training.loop import RunResult, TrainingCrashed, train
 
 _CONFIG = "stalerl.training.config"
@@ -51,7 +51,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "config_help": "stalerl.training.config_help",
     "group_advantages": "stalerl.rollout.advantages",
     "completion_log_probs": "stalerl.models.logprobs",
-    "read_jsonl": "stalerl.training.logger",
+    "read_jsonl": "stalerl.run_files",
 })
 
 __all__ = [

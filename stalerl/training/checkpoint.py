@@ -29,12 +29,9 @@ import torch
 import yaml
 
 from stalerl.errors import CheckpointError, OutputError
+from stalerl.run_files import BUFFER_META, CheckpointFiles
 from stalerl.staleness.buffer import read_buffer_state
 from stalerl.training.rundir import io_reason
-
-#: Inside a checkpoint: the run's configuration, and the size of every file written.
-CONFIG_NAME = "stalerl_config.yaml"
-MANIFEST_NAME = "manifest.json"
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model, tokenizer, state: dict[str, Any], keep: int = 2,
@@ -42,30 +39,32 @@ def save_checkpoint(ckpt_root: Path, step: int, model, tokenizer, state: dict[st
     """Write ``step_<step>`` atomically, point ``latest`` to it, keep the newest ``keep``.
     ``buffer`` (a :class:`~stalerl.staleness.buffer.StaleBuffer`) is written under ``buffer/``."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
-    name = f"step_{step:06d}"
+    name = CheckpointFiles.name(step)
     final = ckpt_root / name
     tmp = ckpt_root / f".{name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
         tmp.mkdir()
+        files = CheckpointFiles(tmp)
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if buffer is not None:
-            buffer.save(tmp / "buffer")
-            _fsync_dir(tmp / "buffer")
-        torch.save(state, tmp / "state.pt")
+            buffer.save(files.buffer)
+            _fsync_dir(files.buffer)
+        torch.save(state, files.state)
         if "config" in state:  # the run's configuration, readable without unpickling state.pt
-            (tmp / CONFIG_NAME).write_text(yaml.safe_dump(state["config"], sort_keys=False))
+            files.config.write_text(yaml.safe_dump(state["config"], sort_keys=False))
         _write_manifest(tmp)
         _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        pointer_tmp = ckpt_root / f".latest.tmp-{os.getpid()}"
+        pointer = CheckpointFiles.latest_pointer(ckpt_root)
+        pointer_tmp = ckpt_root / f".{pointer.name}.tmp-{os.getpid()}"
         pointer_tmp.write_text(name)
-        os.replace(pointer_tmp, ckpt_root / "latest")
+        os.replace(pointer_tmp, pointer)
     except Exception as err:
         # torch.save reports a full disk or a file-size limit as a bare RuntimeError, safetensors
         # as its own SafetensorError
@@ -82,12 +81,12 @@ def save_checkpoint(ckpt_root: Path, step: int, model, tokenizer, state: dict[st
 def latest_checkpoint(ckpt_root: Path) -> Path | None:
     """The newest complete checkpoint (one with ``state.pt``), or None. Resume uses
     :func:`newest_intact`, which also checks the files are whole."""
-    pointer = ckpt_root / "latest"
+    pointer = CheckpointFiles.latest_pointer(ckpt_root)
     if pointer.is_file():
         path = ckpt_root / pointer.read_text(errors="replace").strip()
-        if (path / "state.pt").is_file():
+        if CheckpointFiles(path).state.is_file():
             return path
-    complete = sorted(p for p in ckpt_root.glob("step_*") if (p / "state.pt").is_file())
+    complete = [p for p in CheckpointFiles.all_in(ckpt_root) if CheckpointFiles(p).state.is_file()]
     return complete[-1] if complete else None
 
 
@@ -95,7 +94,7 @@ def newest_intact(ckpt_root: Path) -> tuple[Path | None, list[tuple[Path, str]]]
     """The newest checkpoint that passes :func:`checkpoint_problem`, and the newer ones that do not
     (each with what is wrong). A directory without ``state.pt`` was never finished and is ignored."""
     damaged = []
-    for path in sorted((p for p in ckpt_root.glob("step_*") if (p / "state.pt").is_file()), reverse=True):
+    for path in reversed([p for p in CheckpointFiles.all_in(ckpt_root) if CheckpointFiles(p).state.is_file()]):
         problem = checkpoint_problem(path)
         if problem is None:
             return path, damaged
@@ -109,7 +108,8 @@ def checkpoint_problem(path: Path) -> str | None:
     Sizes are checked against ``manifest.json`` (written last, before the rename); without one
     (an older checkpoint) the weights' safetensors header and ``state.pt``'s zip directory are
     checked, which catches truncation."""
-    manifest = path / MANIFEST_NAME
+    files = CheckpointFiles(path)
+    manifest = files.manifest
     if manifest.is_file():
         try:
             sizes = json.loads(manifest.read_text())
@@ -125,8 +125,8 @@ def checkpoint_problem(path: Path) -> str | None:
         problem = _safetensors_problem(weights)
         if problem:
             return f"{weights.name} {problem}"
-    if not zipfile.is_zipfile(path / "state.pt"):
-        return "state.pt is truncated or not a torch checkpoint"
+    if not zipfile.is_zipfile(files.state):
+        return f"{files.state.name} is truncated or not a torch checkpoint"
     return None
 
 
@@ -147,7 +147,7 @@ def _safetensors_problem(path: Path) -> str | None:
 
 def checkpoint_config(path: Path) -> dict[str, Any] | None:
     """The configuration the checkpoint was made with (None for a checkpoint that has none)."""
-    saved = path / CONFIG_NAME
+    saved = CheckpointFiles(path).config
     if saved.is_file():
         try:
             data = yaml.safe_load(saved.read_text())
@@ -159,13 +159,14 @@ def checkpoint_config(path: Path) -> dict[str, Any] | None:
 
 def load_state(path: Path) -> dict[str, Any]:
     """The loop state saved with a checkpoint (the stale buffer's state under ``"buffer"``)."""
+    files = CheckpointFiles(path)
     try:
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-        if (path / "buffer" / "buffer.json").is_file():
-            state["buffer"] = read_buffer_state(path / "buffer")
+        state = torch.load(files.state, map_location="cpu", weights_only=False)
+        if (files.buffer / BUFFER_META).is_file():
+            state["buffer"] = read_buffer_state(files.buffer)
         return state
     except Exception as err:  # a truncated or damaged pickle: name the file, not torch's internals
-        raise CheckpointError(f"{path / 'state.pt'} cannot be loaded ({type(err).__name__}: "
+        raise CheckpointError(f"{files.state} cannot be loaded ({type(err).__name__}: "
                               f"{' '.join(str(err).split())[:200]})") from None
 
 
@@ -203,14 +204,14 @@ def load_model(path: str | Path, what: str, **kwargs):
 
 
 def _prune(ckpt_root: Path, keep: int) -> None:
-    complete = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
+    complete = [p for p in CheckpointFiles.all_in(ckpt_root) if p.is_dir()]
     for old in complete[: max(0, len(complete) - max(keep, 1))]:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_manifest(path: Path) -> None:
     sizes = {f.relative_to(path).as_posix(): f.stat().st_size for f in sorted(path.rglob("*")) if f.is_file()}
-    (path / MANIFEST_NAME).write_text(json.dumps(sizes, indent=1))
+    CheckpointFiles(path).manifest.write_text(json.dumps(sizes, indent=1))
 
 
 def _fsync_dir(path: Path) -> None:

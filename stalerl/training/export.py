@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from stalerl.errors import UserError
+from stalerl.run_files import CheckpointFiles, RunFiles, read_steps
 from stalerl.training import checkpoint as ckpt
-from stalerl.training.logger import read_jsonl
 
 __all__ = ["ExportError", "find_checkpoint", "export_checkpoint"]
 
@@ -26,7 +26,7 @@ class ExportError(UserError):
 
 def find_checkpoint(run_dir: Path, step: int | None) -> Path:
     """The checkpoint of ``step`` in ``run_dir`` (the newest complete one when ``step`` is None)."""
-    root = Path(run_dir) / "checkpoints"
+    root = RunFiles(run_dir).checkpoints
     if not Path(run_dir).is_dir():
         raise ExportError(f"{run_dir}: no such run directory")
     if step is None:
@@ -34,9 +34,9 @@ def find_checkpoint(run_dir: Path, step: int | None) -> Path:
         if found is None:
             raise ExportError(f"{run_dir}: no complete checkpoint under {root}")
         return found
-    path = root / f"step_{step:06d}"
+    path = root / CheckpointFiles.name(step)
     if not (path / "config.json").is_file():
-        have = sorted(int(p.name[5:]) for p in root.glob("step_*") if (p / "config.json").is_file())
+        have = [CheckpointFiles.step_of(p) for p in CheckpointFiles.all_in(root) if (p / "config.json").is_file()]
         raise ExportError(f"{run_dir}: no checkpoint of step {step}; checkpoints kept: {have or 'none'} "
                           "(keep_checkpoints and checkpoint_every decide which steps are kept)")
     return path
@@ -55,18 +55,19 @@ def export_checkpoint(run_dir: str | Path, out_dir: str | Path, step: int | None
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    exported_step = int(source.name[5:])
+    exported_step = CheckpointFiles.step_of(source)
     (out_dir / "README.md").write_text(model_card(run_dir, exported_step))
     return out_dir
 
 
 def model_card(run_dir: Path, step: int) -> str:
     """The Markdown model card: the run's results at ``step`` and its full config."""
-    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else "(no config.yaml)\n"
+    files = RunFiles(run_dir)
+    config = files.config.read_text() if files.config.is_file() else f"(no {files.config.name})\n"
     summary: dict[str, Any] = {}
-    if (run_dir / "summary.json").is_file():
-        summary = json.loads((run_dir / "summary.json").read_text())
-    record = next((r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("step") == step and "event" not in r), {})
+    if files.summary.is_file():
+        summary = json.loads(files.summary.read_text())
+    record = next((r for r in read_steps(run_dir) if r.get("step") == step), {})
     shown = {k: v for k, v in record.items() if k.startswith(("eval/", "rollout/reward", "rollout/accuracy"))}
     lines = [
         "---",

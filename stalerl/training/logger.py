@@ -1,14 +1,16 @@
 """Metrics output of a run: ``metrics.jsonl`` (one record per step), ``updates.jsonl`` (one
 record per optimizer update), ``diagnostics.jsonl`` (per-update trajectory/token samples for
 :mod:`stalerl.evaluation.diagnostics`), ``eval_problems.jsonl`` (per evaluation, the accuracy of
-each held-out problem, in a fixed problem order: what paired statistics resample), and the
+each held-out problem, in a fixed problem order: what paired statistics resample), ``events.jsonl``
+(what happens besides steps: a crash, the async rollout worker's start), and the
 trackers of the ``logger`` option: TensorBoard events and Weights & Biases (offline with
 ``WANDB_MODE=offline``: the run is written under ``<run_dir>/wandb`` and can be uploaded later with
 ``wandb sync``). Trackers get each step's record with the same names and step as ``metrics.jsonl``.
 
 Metric namespaces are stable: ``rollout/`` (the batch generated this step by the current
 policy), ``train/`` (the consumed, possibly stale data and the updates on it), ``actor/`` (the
-objective's metrics, verl's names), ``eval/`` (held-out evaluation), ``time/`` and ``perf/``.
+objective's metrics, verl's names), ``eval/`` (held-out evaluation), ``timing_s/`` and ``perf/``
+(docs/METRICS.md). The paths come from :class:`stalerl.run_files.RunFiles`.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from stalerl.errors import OutputError, UserError
+from stalerl.errors import OutputError
+from stalerl.run_files import RunFiles, read_jsonl
 from stalerl.training.rundir import atomic_write_text, io_reason
+
+__all__ = ["EVAL_PROBLEMS_KEY", "RunLogger", "make_run_logger", "read_jsonl", "trackers"]
 log = logging.getLogger(__name__)
 
 
@@ -39,16 +44,15 @@ EVAL_PROBLEMS_KEY = "eval/problem_accuracy"
 class RunLogger:
     """Appends JSON lines and mirrors scalars to TensorBoard."""
 
-    FILES = ("metrics.jsonl", "updates.jsonl", "diagnostics.jsonl", "eval_problems.jsonl")
-
     def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None,
                  wandb_project: str | None = None, wandb_config: dict[str, Any] | None = None) -> None:
         self.run_dir = run_dir
+        self.files = RunFiles(run_dir)
         self._wandb = _start_wandb(run_dir, wandb_project, wandb_config) if wandb_project else None
         if resume_step is not None:
             self._truncate(resume_step)
         try:
-            self._files = {name: open(run_dir / name, "a") for name in self.FILES}
+            self._files = {path.name: open(path, "a") for path in self.files.logs}
         except OSError as err:
             raise OutputError(f"could not open the run's logs in {run_dir}: {io_reason(err)}") from None
         self._tb = None
@@ -56,15 +60,14 @@ class RunLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self._tb = SummaryWriter(str(self.files.tensorboard))
             except Exception as err:  # tensorboard missing or broken: keep the JSON logs
                 warnings.warn(f"stalerl: TensorBoard disabled ({err}); the JSON logs are kept", stacklevel=2)
 
     def _truncate(self, step: int) -> None:
         """Drop records written after the checkpoint we resume from (they will be redone). Each file
         is rewritten through a new file and a rename, so a kill meanwhile keeps the whole history."""
-        for name in self.FILES:
-            path = self.run_dir / name
+        for path in self.files.logs:
             if not path.exists():
                 continue
             kept = []
@@ -75,15 +78,15 @@ class RunLogger:
                     continue
                 if record.get("step", 0) <= step and record.get("event") != "crash":
                     kept.append(line)
-            atomic_write_text(path, "".join(k + "\n" for k in kept), f"the {name} history up to step {step}")
+            atomic_write_text(path, "".join(k + "\n" for k in kept), f"the {path.name} history up to step {step}")
 
     def log_step(self, step: int, metrics: dict[str, Any]) -> None:
         metrics = dict(metrics)
         problems = metrics.pop(EVAL_PROBLEMS_KEY, None)
         if problems is not None:
-            self._write("eval_problems.jsonl", {"step": step, "accuracy": problems})
+            self._write(self.files.eval_problems, {"step": step, "accuracy": problems})
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
-        self._write("metrics.jsonl", record)
+        self._write(self.files.metrics, record)
         if self._tb is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
@@ -93,22 +96,23 @@ class RunLogger:
                              and not isinstance(v, bool) and math.isfinite(v)}, step=step)
 
     def log_update(self, record: dict[str, Any]) -> None:
-        self._write("updates.jsonl", {k: _clean(v) for k, v in record.items()})
+        self._write(self.files.updates, {k: _clean(v) for k, v in record.items()})
 
     def log_diagnostics(self, record: dict[str, Any]) -> None:
-        self._write("diagnostics.jsonl", record)
+        self._write(self.files.diagnostics, record)
 
     def log_event(self, record: dict[str, Any]) -> None:
-        self._write("metrics.jsonl", record)
+        """An event (``{"event": name, "step": ..., ...}``) into ``events.jsonl``."""
+        self._write(self.files.events, record)
 
-    def _write(self, name: str, record: dict[str, Any]) -> None:
-        handle = self._files[name]
+    def _write(self, path: Path, record: dict[str, Any]) -> None:
+        handle = self._files[path.name]
         try:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
         except OSError as err:  # a full disk, a file-size limit: one line naming the file
             what = f"step {record['step']}" if "step" in record else "a record"
-            raise OutputError(f"could not append {what} to {self.run_dir / name}: {io_reason(err)}") from None
+            raise OutputError(f"could not append {what} to {path}: {io_reason(err)}") from None
 
     def close(self) -> None:
         for handle in self._files.values():
@@ -143,7 +147,7 @@ def make_run_logger(run_dir: Path, config, resume_step: int | None = None) -> Ru
 def _start_wandb(run_dir: Path, project: str, config: dict[str, Any] | None):
     """A W&B run for ``run_dir`` (resumed with the same id after ``--resume``), or None with a
     warning when wandb cannot start."""
-    id_file = run_dir / "wandb_run_id"
+    id_file = RunFiles(run_dir).wandb_run_id
     run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
     try:
         import wandb
@@ -157,24 +161,3 @@ def _start_wandb(run_dir: Path, project: str, config: dict[str, Any] | None):
     id_file.write_text(run_id)
     log.info("W&B run %s (%s)", run_id, getattr(run.settings, "mode", "?"))
     return run
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file (missing file -> empty list). A last line cut short by a kill or
-    a full disk is ignored; a damaged line before it is a :class:`UserError` naming the file and line."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    text = path.read_text(errors="replace")
-    lines = text.splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines) and not text.endswith("\n"):
-                break  # a torn last record
-            raise UserError(f"{path}, line {number}: malformed JSON ({err.msg} at column {err.colno})") from None
-    return records

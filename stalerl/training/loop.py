@@ -43,12 +43,13 @@ from stalerl.objectives.core import Stat
 from stalerl.rewards.reward import build_reward_fn
 from stalerl.rollout.batch import RolloutBatch, make_rollout_batch
 from stalerl.rollout.generation import generate
+from stalerl.run_files import RunFiles, read_steps, run_summary
 from stalerl.runtime import choose_threads, set_threads
 from stalerl.staleness.buffer import StaleBuffer
 from stalerl.training import checkpoint as ckpt
 from stalerl.training import rundir
 from stalerl.training.config import TrainConfig, to_dict, validate
-from stalerl.training.logger import EVAL_PROBLEMS_KEY, make_run_logger, read_jsonl
+from stalerl.training.logger import EVAL_PROBLEMS_KEY, make_run_logger
 from stalerl.training.loss_terms import build_loss_terms
 from stalerl.training.schedule import build_scheduler
 
@@ -342,7 +343,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, progress: bo
 
 def _train(config: TrainConfig, run_dir: Path, resume_from: Path | None, progress: bool) -> RunResult:
     """The loop itself, under the run directory's lock (see :func:`train`)."""
-    checkpoint_root = run_dir / "checkpoints"
+    checkpoint_root = RunFiles(run_dir).checkpoints
     seed_everything(config.seed)
     model, tokenizer, model_path = load_policy(config, progress=progress)
     if resume_from is not None:
@@ -409,7 +410,7 @@ def _train(config: TrainConfig, run_dir: Path, resume_from: Path | None, progres
                 batch, infos, waited = rollouts.next_batch(state)
                 for info in infos:
                     fresh = _merge_fresh(fresh, info)
-                fresh["time/wait_rollout"] = waited
+                fresh["timing_s/wait_rollout"] = waited
             else:
                 while not buffer.ready() and state.generated_batches < generation_limit:
                     generated = make_rollout_batch(config, model, tokenizer, sampler, reward_fn, state.updates, record_rollout)
@@ -450,10 +451,10 @@ def _train(config: TrainConfig, run_dir: Path, resume_from: Path | None, progres
                 "train/data_policy_version": float(batch.policy_version),
                 "train/skipped_updates_total": float(state.skipped_updates),
                 "train/updates": float(state.updates),
-                "time/train": t_train,
-                "time/step": time.perf_counter() - t_step,
+                "timing_s/update_actor": t_train,
+                "timing_s/step": time.perf_counter() - t_step,
             })
-            record["perf/tokens_per_s"] = record.get("perf/generated_tokens", 0.0) / max(record["time/step"], 1e-9)
+            record["perf/tokens_per_s"] = record.get("perf/generated_tokens", 0.0) / max(record["timing_s/step"], 1e-9)
             if config.eval.every and state.step % config.eval.every == 0 or state.step == config.steps:
                 record.update(evaluate(config, model, tokenizer, eval_prompts, reward_fn, step=state.step))
             logger.log_step(state.step, record)
@@ -533,7 +534,7 @@ def _generation_limit(config) -> float:
 def _merge_fresh(previous: dict[str, float], info: dict[str, float]) -> dict[str, float]:
     """The newest batch's rollout metrics; times and token counts add up over the step's batches."""
     merged = dict(info)
-    for key in ("time/generate", "time/score", "time/behaviour_logprob", "perf/generated_tokens"):
+    for key in ("timing_s/gen", "timing_s/reward", "timing_s/old_log_prob", "perf/generated_tokens"):
         merged[key] = previous.get(key, 0.0) + info.get(key, 0.0)
     return merged
 
@@ -575,24 +576,9 @@ def _advance(bar, record) -> None:
 def _write_summary(run_dir: Path, config: TrainConfig, result: RunResult, model_path: str) -> None:
     import json
 
-    steps = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "event" not in r]
-    evals = [(r["step"], r["eval/accuracy"]) for r in steps if r.get("eval/accuracy") is not None]
-    best = max(evals, key=lambda x: x[1]) if evals else (None, None)
-    summary = {
-        "objective": config.objective.name,
-        "hparams": config.objective.hparams,
-        "staleness": config.stale.staleness,
-        "model": model_path,
-        "steps_done": result.steps_done,
-        "crashed_at": result.crashed_at,
-        "crash_reason": result.crash_reason,
-        "eval_accuracy_start": evals[0][1] if evals else None,
-        "eval_accuracy_final": evals[-1][1] if evals else None,
-        "eval_accuracy_best": best[1],
-        "best_step": best[0],
-        "skipped_updates": result.final_metrics.get("train/skipped_updates_total"),
-    }
-    rundir.atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2), "the run summary")
+    summary = run_summary(to_dict(config), read_steps(run_dir), model=model_path, steps_done=result.steps_done,
+                          crashed_at=result.crashed_at, crash_reason=result.crash_reason)
+    rundir.atomic_write_text(RunFiles(run_dir).summary, json.dumps(summary, indent=2), "the run summary")
 
 
 def _plots(run_dir: Path) -> None:
@@ -601,6 +587,6 @@ def _plots(run_dir: Path) -> None:
     except ImportError:
         return
     try:
-        learning_curves([run_dir], run_dir / "curves.png")
+        learning_curves([run_dir], RunFiles(run_dir).curves)
     except Exception as err:  # a plot must never lose a finished run
         warnings.warn(f"stalerl: could not draw curves ({err}); the run's logs are complete", stacklevel=2)

@@ -3,8 +3,9 @@ rewrites, leftovers of interrupted writes cleaned.
 
 :func:`prepare` decides, without writing anything, where a run goes and what it resumes from:
 
-* a new run (no ``--resume``) refuses a directory that already holds a run (``config.yaml``,
-  ``metrics.jsonl`` or ``checkpoints/``): it would append a second history and overwrite the
+* a new run (no ``--resume``) refuses a directory that already holds a run (records in
+  ``metrics.jsonl`` or ``events.jsonl``, or ``checkpoints/``; :class:`stalerl.run_files.RunFiles`
+  names them): it would append a second history and overwrite the
   checkpoints;
 * ``--resume`` takes the newest *intact* checkpoint (a damaged newer one is named and skipped), and
   refuses a configuration that differs from the one saved inside that checkpoint in anything but
@@ -35,24 +36,22 @@ from typing import Any
 import yaml
 
 from stalerl.errors import OutputError, RunDirError, RunLockedError
+from stalerl.run_files import LOCK, CheckpointFiles, RunFiles
 
 __all__ = ["RESUMABLE", "LOCK_NAME", "RunLock", "atomic_write_text", "check_writable", "prepare", "start",
            "load_run_config", "is_run", "io_reason", "make_dir", "warn_unused_staleness"]
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".stalerl.lock"
+LOCK_NAME = LOCK
 
 #: Keys that ``--resume`` may change: how long the run goes on and how it reports, never what it
 #: computes (a key ending in ``.`` covers a whole section).
 RESUMABLE = ("steps", "run_dir", "checkpoint_every", "keep_checkpoints", "tensorboard", "plots", "progress",
              "eval.every", "model.device", "reward.num_workers", "runtime.")
 
-#: What marks a directory as holding a run (see :func:`is_run`).
-RUN_MARKERS = ("metrics.jsonl", "checkpoints")
-
 #: Temporary names of interrupted writes inside a run directory (checkpoints, pointer, rewrites).
-TEMP_PATTERNS = (".step_*.tmp-*", ".latest.tmp-*", ".*.tmp-*")
+TEMP_PATTERNS = CheckpointFiles.temporaries()
 
 
 # ============================================================================ atomic writes and I/O errors
@@ -132,7 +131,7 @@ class RunLock:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_NAME
+        self.path = RunFiles(self.run_dir).lock
         self._fd: int | None = None
 
     def acquire(self) -> "RunLock":
@@ -190,12 +189,10 @@ def is_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` already holds a run's history: logged records or checkpoints. (A
     ``config.yaml`` beside empty logs is a start that failed during setup, a bad dataset row say:
     nothing is lost by starting again there.)"""
-    return any(_holds_history(Path(run_dir) / name) for name in RUN_MARKERS)
+    return any(_holds_history(path) for path in RunFiles(run_dir).markers)
 
 
 def _holds_history(path: Path) -> bool:
-    if path.name == "config.yaml":
-        return False
     if path.is_dir():
         return any(path.iterdir())
     return path.is_file() and path.stat().st_size > 0
@@ -209,16 +206,17 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None):
     from stalerl.training.config import ConfigError, load_config
 
     run_dir = Path(run_dir)
-    saved = run_dir / "config.yaml"
+    saved = RunFiles(run_dir).config
     if not saved.is_file():
-        raise RunDirError(f"--resume {str(run_dir)!r}: no config.yaml in that directory (is it a run directory?)")
+        raise RunDirError(f"--resume {str(run_dir)!r}: no {saved.name} in that directory (is it a run directory?)")
     try:
         text = saved.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise RunDirError(f"--resume {str(run_dir)!r}: {saved} cannot be read ({err})") from None
     if not text.strip():
         raise RunDirError(f"--resume {str(run_dir)!r}: {saved} is empty; the run's configuration is lost there "
-                          "(each checkpoint keeps a copy in stalerl_config.yaml: copy it back to config.yaml)")
+                          f"(each checkpoint keeps a copy in {CheckpointFiles(run_dir).config.name}: copy it back to "
+                          f"{saved.name})")
     try:
         return load_config(saved, overrides)
     except ConfigError as err:
@@ -238,15 +236,17 @@ def prepare(config, resume: str | Path | None, default_dir: Path) -> tuple[Path,
         raise OutputError(f"run directory {run_dir} is a file; choose a directory path")
     if not resume:
         if is_run(run_dir):
-            found = next(name for name in RUN_MARKERS if _holds_history(run_dir / name))
+            found = next(path.name for path in RunFiles(run_dir).markers if _holds_history(path))
             raise RunDirError(f"run_dir={str(run_dir)!r} already holds a run ({found}); continue it with "
                               f"`stalerl train --resume {run_dir}` or choose a new run_dir")
         check_writable(run_dir, "run directory")
         return run_dir, None, False
-    if not (run_dir / "config.yaml").is_file() and not is_run(run_dir):
-        raise RunDirError(f"--resume {str(run_dir)!r}: not a run directory (no config.yaml, logs or checkpoints)")
-    check_writable(run_dir / "checkpoints", "checkpoint directory")
-    resume_from, damaged = ckpt.newest_intact(run_dir / "checkpoints")
+    files = RunFiles(run_dir)
+    if not files.config.is_file() and not is_run(run_dir):
+        raise RunDirError(f"--resume {str(run_dir)!r}: not a run directory (no {files.config.name}, logs or "
+                          f"{files.checkpoints.name})")
+    check_writable(files.checkpoints, "checkpoint directory")
+    resume_from, damaged = ckpt.newest_intact(files.checkpoints)
     for path, problem in damaged:
         if resume_from is None:
             raise RunDirError(f"--resume {str(run_dir)!r}: checkpoint {path} is damaged ({problem}) and no "
@@ -306,18 +306,19 @@ def start(run_dir: Path, config, *, new: bool, restart: bool) -> None:
         raise RunDirError(f"run_dir={str(run_dir)!r} already holds a run (started by another process just now); "
                           "choose a new run_dir")
     clean_temporaries(run_dir)
+    files = RunFiles(run_dir)
     if restart:
-        for name in ("metrics.jsonl", "updates.jsonl", "diagnostics.jsonl", "summary.json"):
+        for path in (*files.logs, files.summary):
             with contextlib.suppress(FileNotFoundError):
-                (run_dir / name).unlink()
-        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False), "the run's config")
+                path.unlink()
+        shutil.rmtree(files.tensorboard, ignore_errors=True)
+    atomic_write_text(files.config, yaml.safe_dump(to_dict(config), sort_keys=False), "the run's config")
 
 
 def clean_temporaries(run_dir: Path) -> None:
     """Remove what interrupted writes left (the caller holds the run's lock, so no live writer
     owns them)."""
-    for parent in (run_dir, run_dir / "checkpoints"):
+    for parent in (run_dir, RunFiles(run_dir).checkpoints):
         if not parent.is_dir():
             continue
         for pattern in TEMP_PATTERNS:
