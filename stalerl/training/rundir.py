@@ -220,7 +220,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None):
         raise RunDirError(f"--resume {str(run_dir)!r}: {saved} is empty; the run's configuration is lost there "
                           "(each checkpoint keeps a copy in stalerl_config.yaml: copy it back to config.yaml)")
     try:
-        return load_config(saved, overrides)
+        return load_config(saved, overrides, resolved=True)  # written resolved: a ${ in it is literal
     except ConfigError as err:
         raise RunDirError(f"--resume {str(run_dir)!r}: {err}") from None
 
