@@ -277,3 +277,8 @@ def test_saved_run_config_loads_back_identically(tmp_path):
     assert config.eval.top_p == 0.9 and config.data.template == "${x} {question}"  # \${ is a literal ${
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))  # as a run writes it
     assert load_run_config(tmp_path) == config
+
+
+def test_tilde_override_after_an_option_reaches_the_config(tmp_path, capsys):
+    assert cli_main(["train", f"run_dir={tmp_path / 'run'}", "--config", "prosperity", "~objective.hparams.nope"]) == 2
+    assert "objective.hparams.nope is not set" in capsys.readouterr().err  # not argparse's "unrecognized"
