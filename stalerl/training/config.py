@@ -12,6 +12,7 @@ number, got 'fast'``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -500,7 +501,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     >>> config.objective.name, config.stale.staleness, config.optim.mini_batches, config.eval.temperature
     ('grpo', 64, 4, 1.0)
     """
-    cfg = OmegaConf.structured(_schema(TrainConfig))
+    cfg = copy.deepcopy(_defaults())
     if path is not None:
         path = resolve_config_path(path)
         _merge_file(cfg, path, resolved)
@@ -520,6 +521,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 # defaults but types every option ``Any``: OmegaConf 2.3 refuses a ``Literal`` annotation outright,
 # and its typed nodes convert values stalerl refuses (``model.path=true`` would become the string
 # ``'True'``, ``tensorboard=1`` would become ``True``), with messages of its own.
+
+@functools.cache
+def _defaults() -> DictConfig:
+    """The defaults as OmegaConf's structured config, built once (each load works on a copy)."""
+    return OmegaConf.structured(_schema(TrainConfig))
+
 
 @functools.cache
 def _schema(cls: type) -> type:
