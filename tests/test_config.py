@@ -1,5 +1,6 @@
 """Configuration as a user meets it: ``--help-config`` (from the dataclasses), choice fields typed
-as ``Literal``, and the shipped config files found by name."""
+as ``Literal``, the shipped config files found by name, and overrides in verl's syntax (``+key``,
+``~key``, lists, mappings, ``${...}`` interpolation) whose errors name the key."""
 
 from __future__ import annotations
 
