@@ -1,5 +1,6 @@
 """Configuration as a user meets it: ``--help-config`` (from the dataclasses), choice fields typed
-as ``Literal``, and the shipped config files found by name."""
+as ``Literal``, the shipped config files found by name, and overrides in verl's syntax (``+key``,
+``~key``, lists, mappings, ``${...}`` interpolation) whose errors name the key."""
 
 from __future__ import annotations
 
@@ -171,3 +172,114 @@ def test_dataclass_fields_are_all_reachable_from_the_help():
     for f in dataclasses.fields(TrainConfig):
         assert f.name in keys or any(k.startswith(f.name + ".") for k in keys)
     assert "stale.mode" in config_help("stale.mode")
+
+
+# ============================================================================ overrides and interpolation
+
+
+def test_override_values_are_read_as_yaml():
+    config = load_config(None, ["optim.lr=1e-6", "tensorboard=false", "model.attn_implementation=null",
+                                "data.testbed_levels=[1,2]", "objective.hparams={tau: 0.04}",
+                                "data.template='Q: {question}'", "data.system_prompt="])
+    assert config.optim.lr == 1e-6 and config.tensorboard is False and config.model.attn_implementation is None
+    assert config.data.testbed_levels == [1, 2] and config.objective.hparams == {"tau": 0.04}
+    assert config.data.template == "Q: {question}" and config.data.system_prompt == ""
+
+
+def test_plus_adds_a_key_to_a_mapping_option_and_refuses_one_already_set():
+    assert load_config(None, ["+objective.hparams.tau=0.05"]).objective.hparams == {"tau": 0.05}
+    with pytest.raises(ConfigError, match=r"objective\.hparams\.tau is already set; change it with"):
+        load_config("prosperity", ["+objective.hparams.tau=0.05"])  # the file sets tau: 0.04
+    assert load_config("prosperity", ["++objective.hparams.tau=0.05"]).objective.hparams == {"tau": 0.05}
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim\.nonsense'"):
+        load_config(None, ["+optim.nonsense=1"])  # a section has every key it can have
+
+
+def test_tilde_removes_a_key_of_a_mapping_option_only():
+    assert load_config("prosperity", ["~objective.hparams.tau"]).objective.hparams == {}
+    assert load_config("prosperity", ["~objective.hparams.tau=0.04"]).objective.hparams == {}
+    with pytest.raises(ConfigError, match=r"objective\.hparams\.tau is 0\.04, not 0\.05; nothing was removed"):
+        load_config("prosperity", ["~objective.hparams.tau=0.05"])
+    with pytest.raises(ConfigError, match=r"optim\.lr is a config key and cannot be removed"):
+        load_config(None, ["~optim.lr"])
+
+
+def test_a_mapping_replaces_a_mapping_option_and_merges_into_a_section():
+    config = load_config("prosperity", ["objective.name=grpo", "objective.hparams={epsilon_low: 0.1}"])
+    assert config.objective.hparams == {"epsilon_low": 0.1}  # prosperity's tau is gone
+    config = load_config("prosperity", ["optim={lr: 1.0e-4}"])
+    assert config.optim.lr == 1e-4 and config.optim.micro_batch_size == 8  # prosperity's, not the default 32
+
+
+def test_interpolation_in_a_file_and_in_overrides(tmp_path):
+    path = tmp_path / "interp.yaml"
+    path.write_text("rollout:\n  temperature: 0.7\neval:\n  temperature: ${rollout.temperature}\n")
+    assert load_config(path).eval.temperature == 0.7
+    assert load_config(path, ["rollout.temperature=0.9"]).eval.temperature == 0.9  # resolved after the overrides
+    assert load_config(None, ["eval.top_p=${rollout.top_p}", "rollout.top_p=0.8"]).eval.top_p == 0.8
+    with pytest.raises(ConfigError, match=r"eval\.temperature: expected a number, got 'testbed'"):
+        load_config(None, ["eval.temperature=${model.path}"])  # typed after interpolation
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["eval.temperature=${rollout.nope}"], r"eval\.temperature: cannot interpolate: .*'rollout\.nope'"),
+    (["eval.temperature=${rollout.temperature"], r"override 'eval\.temperature=\$\{rollout\.temperature': "
+                                                 r"the value is not a valid \$\{\.\.\.\} interpolation"),
+    (["eval.temperature=???"], r"eval\.temperature: no value given"),
+    (["eval.top_p=${oc.env:STALERL_NO_SUCH_VARIABLE}"], r"eval\.top_p: cannot interpolate: .*STALERL_NO_SUCH"),
+])
+def test_interpolation_errors_name_the_key(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, overrides)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("optim.lrr=1", "unknown config key 'optim.lrr' (did you mean 'optim.lr'?)"),
+    ("optim={bogus: 1}", "unknown config key 'optim.bogus'"),
+    ("optim=3", "optim: expected a mapping of its keys, got 3"),
+    ("optim.lr.x=1", "'optim.lr' is not a section"),
+    ("+optim.lr=1", "optim.lr is already set"),
+    ("~optim.lr", "optim.lr is a config key"),
+    ("~objective.hparams.tau", "objective.hparams.tau is not set"),
+    ("objective.hparams={tau: 1, tau: 2}", "key 'tau' appears twice"),
+    ("eval.temperature=${nope}", "eval.temperature: cannot interpolate"),
+    ("steps", "must look like section.key=value"),
+])
+def test_override_errors_are_one_line_naming_the_key(override, needle, tmp_path, capsys):
+    assert cli_main(["train", f"run_dir={tmp_path / 'run'}", override]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("optim: 3\n", "optim: expected a mapping of its keys, got 3"),
+    ("- 1\n- 2\n", "must hold a mapping of sections"),
+    ("3\n", "must hold a mapping of sections"),
+    ("optim:\n  lrr: 1.0e-4\n", "unknown config key 'optim.lrr' (did you mean 'optim.lr'?)"),
+    ("optim:\n  grad_clip: 1.0\n  lr: 1.0e-4\n  lr: 3.0e-4\n", "key 'lr' appears twice in the same mapping (lines 3 and 4)"),
+    ("optim: {lr: [unclosed\n", "is not valid YAML"),
+])
+def test_config_file_errors_name_the_file_and_key(content, needle, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    assert str(path) in str(err.value)
+
+
+def test_saved_run_config_loads_back_identically(tmp_path):
+    from stalerl.training.rundir import load_run_config
+
+    path = tmp_path / "interp.yaml"
+    path.write_text("rollout:\n  top_p: 0.9\neval:\n  top_p: ${rollout.top_p}\n")
+    config = load_config(path, ["+objective.hparams.tau=0.05", "data.template=\\${x} {question}"])
+    assert config.eval.top_p == 0.9 and config.data.template == "${x} {question}"  # \${ is a literal ${
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))  # as a run writes it
+    assert load_run_config(tmp_path) == config
+
+
+def test_tilde_override_after_an_option_reaches_the_config(tmp_path, capsys):
+    assert cli_main(["train", f"run_dir={tmp_path / 'run'}", "--config", "prosperity", "~objective.hparams.nope"]) == 2
+    assert "objective.hparams.nope is not set" in capsys.readouterr().err  # not argparse's "unrecognized"

@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--help-config", nargs="?", const="", metavar="KEY",
                    help="print every config key (or those of section/key KEY) with its type, default and meaning; run nothing")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. objective.name=grpo stale.staleness=0")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides in verl's syntax, e.g. objective.name=grpo "
+                                                "stale.staleness=0 +objective.hparams.tau=0.05 (docs/OPTIONS.md, Overrides)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: avg@n, maj@n, pass@k")
@@ -202,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     # trailing positional list at the first option)
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in extra):
+        if hasattr(args, "overrides") and all(("=" in item or item.startswith("~")) and not item.startswith("-")
+                                              for item in extra):  # key=value, +key=value, ~key
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -2,13 +2,21 @@
 
 Every option is documented where it is declared. A run is configured by, in order: the defaults
 below, an optional YAML file (``--config file.yaml``), then ``section.key=value`` overrides on the
-command line. An unknown key or a value of the wrong type is a :class:`ConfigError` that names the
-key (``optim.lr: expected a number, got 'fast'``).
+command line, in the syntax of verl's (Hydra's) command line: ``key=value``, ``+key=value`` and
+``~key`` for the keys of a mapping option, YAML values (``1e-6``, ``null``, ``[1, 2]``,
+``{tau: 0.04}``) and ``${section.key}`` interpolation (docs/OPTIONS.md, "Overrides"). OmegaConf
+reads, merges and interpolates; the dataclasses type and check the result. An unknown key or a
+value of the wrong type is a :class:`ConfigError` that names the key (``optim.lr: expected a
+number, got 'fast'``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
+import functools
+import io
 import math
 import re
 import types
@@ -18,41 +26,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf import errors as oc_errors
 
 from stalerl.errors import ConfigError
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, but ``1e-5`` is a float (YAML 1.2; PyYAML's YAML 1.1 needs ``1.0e-5``
-    and would give the string ``'1e-5'``)."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+|[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?$"
-               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
-    list("-+0123456789."),
-)
-
-
-def _yaml_load(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    """A YAML mapping; a key given twice is an error (PyYAML would silently keep the last one)."""
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise ConfigError(f"key {key!r} appears twice in the same mapping (lines {seen[key] + 1} and "
-                              f"{key_node.start_mark.line + 1}); keep one")
-        seen[key] = key_node.start_mark.line
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                            lambda loader, node: _mapping_without_duplicates(loader, node, deep=True))
 
 
 # ---------------------------------------------------------------------------- per-field checks
@@ -441,10 +418,9 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
-        key = prefix + unknown[0]
-        raise ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(prefix + k for k in fields)}")
+        raise ConfigError(_unknown_key(f"{prefix}{unknown[0]}", [prefix + k for k in fields]))
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, prefix + name)
@@ -501,55 +477,246 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` strings (values parsed as YAML: ``1e-5``, ``true``, ``[1,2]``)."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        key, raw = item.split("=", 1)
-        key = key.strip().lstrip("+")
-        try:
-            value = _yaml_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = value
-    return data
+def _unknown_key(key: str, valid: list[str]) -> str:
+    """``unknown config key 'optim.lrr' (did you mean 'optim.lr'?); valid keys here: ...``"""
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown config key {key!r}{hint}; valid keys here: {', '.join(valid)}"
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Defaults <- YAML file <- overrides, validated into a :class:`TrainConfig`.
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
+                resolved: bool = False) -> TrainConfig:
+    """Defaults <- YAML file <- overrides, interpolated, then validated into a :class:`TrainConfig`.
 
     ``path`` is a YAML file or the name of a shipped config (``testbed``, ``prosperity``, ...;
-    :func:`packaged_configs` lists them).
+    :func:`packaged_configs` lists them). ``overrides`` are ``key=value`` strings in the syntax of
+    verl's command line (:func:`_apply_override`). ``resolved=True`` reads a file that holds a
+    config already interpolated (a run's ``config.yaml``): a ``${`` in its strings is literal.
 
-    >>> config = load_config("testbed", ["objective.name=grpo"])
-    >>> config.objective.name, config.stale.staleness, config.optim.mini_batches
-    ('grpo', 64, 4)
+    >>> config = load_config("testbed", ["objective.name=grpo", "eval.temperature=${rollout.temperature}"])
+    >>> config.objective.name, config.stale.staleness, config.optim.mini_batches, config.eval.temperature
+    ('grpo', 64, 4, 1.0)
     """
-    data: dict[str, Any] = {}
+    cfg = copy.deepcopy(_defaults())
     if path is not None:
         path = resolve_config_path(path)
-        try:
-            loaded = _yaml_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(err).split())}") from None
-        except ConfigError as err:
-            raise ConfigError(f"config file {str(path)!r}: {err}") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f"config file {str(path)!r} cannot be read: {err}") from None
-        data = loaded or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
-    data = apply_overrides(data, overrides or [])
+        _merge_file(cfg, path, resolved)
+    for item in overrides or []:
+        _apply_override(cfg, item)
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except oc_errors.OmegaConfBaseException as err:
+        raise _config_error(err) from None
     config = from_dict(TrainConfig, data)
     validate(config)
     return config
+
+
+# OmegaConf reads the YAML, applies the overrides and resolves ``${...}``; :func:`from_dict` then
+# types the resolved values. The schema OmegaConf sees has the dataclasses' sections, keys and
+# defaults but types every option ``Any``: OmegaConf 2.3 refuses a ``Literal`` annotation outright,
+# and its typed nodes convert values stalerl refuses (``model.path=true`` would become the string
+# ``'True'``, ``tensorboard=1`` would become ``True``), with messages of its own.
+
+@functools.cache
+def _defaults() -> DictConfig:
+    """The defaults as OmegaConf's structured config, built once (each load works on a copy)."""
+    return OmegaConf.structured(_schema(TrainConfig))
+
+
+@functools.cache
+def _schema(cls: type) -> type:
+    """``cls`` as OmegaConf's structured config: the same keys, defaults and nested sections, every
+    option typed ``Any``. A section refuses a key it does not declare; a mapping option
+    (``objective.hparams``) takes any key."""
+    hints = typing.get_type_hints(cls)
+    fields = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            section = _schema(hints[f.name])
+            fields.append((f.name, section, field(default_factory=section)))
+        elif f.default_factory is not dataclasses.MISSING:
+            fields.append((f.name, Any, field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, Any, field(default=f.default)))
+    return dataclasses.make_dataclass(cls.__name__, fields)
+
+
+def _merge_file(cfg: DictConfig, path: Path, resolved: bool = False) -> None:
+    """Merge the YAML file ``path`` into ``cfg``, section by section (``resolved``: see :func:`load_config`)."""
+    where = f"config file {str(path)!r}"
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{where} cannot be read: {err}") from None
+    try:
+        loaded = OmegaConf.load(io.StringIO(text))
+    except yaml.constructor.ConstructorError as err:
+        raise ConfigError(f"{where}: {_duplicate_key(text, err)}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(err).split())}") from None
+    except OSError:  # OmegaConf's refusal of a number or boolean as the whole file
+        loaded = None
+    except oc_errors.OmegaConfBaseException as err:
+        raise _config_error(err, where) from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{where} must hold a mapping of sections")
+    for key, value in OmegaConf.to_container(loaded).items():  # unresolved: ${...} is resolved at the end
+        key, value = str(key), _literal(value) if resolved else value
+        if key not in cfg.keys():
+            raise ConfigError(f"{where}: {_unknown_key(key, list(cfg.keys()))}")
+        if _child(cfg, key) is not None and _is_section(_child(cfg, key)) and not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key}: expected a mapping of its keys, got {value!r}")
+        try:
+            OmegaConf.update(cfg, key, value, merge=True)
+        except oc_errors.OmegaConfBaseException as err:
+            raise _config_error(err, where) from None
+
+
+_OVERRIDE = re.compile(r"(?P<op>\+\+|\+|~)?(?P<key>[^=]*)(?:=(?P<value>.*))?", re.DOTALL)
+
+
+def _apply_override(cfg: DictConfig, item: str) -> None:
+    """Apply one command-line override to ``cfg``, in the syntax of verl's (Hydra's) command line.
+
+    ``key=value`` sets a key; ``+key=value`` adds a key to a mapping option (``objective.hparams``;
+    refused when the key is there already); ``++key=value`` adds or sets; ``~key`` (or
+    ``~key=value``, removing only that value) removes a key of a mapping option. The value is read
+    as YAML, the way OmegaConf's ``from_dotlist`` reads it (``1e-6``, ``true``, ``null``, ``[1, 2]``,
+    ``{tau: 0.04}``, ``'quoted'``); a value that is not valid YAML is taken as the string it is, and
+    an empty one is the empty string. A mapping given to a section (``optim={lr: 1e-6}``) sets those
+    of its keys; a mapping given to a mapping option replaces it whole (``objective.hparams={}``
+    clears it). ``${...}`` is interpolated once the config is complete, so it sees every override."""
+    op, key, raw = _OVERRIDE.fullmatch(item).group("op", "key", "value")
+    key, where = key.strip(), f"override {item!r}"
+    if not key or (raw is None and op != "~"):
+        raise ConfigError(f"{where} must look like section.key=value (or +key=value, ~key)")
+    value = _parse_value(raw, where) if raw is not None else None
+    try:
+        parts, node = key.split("."), cfg
+        for i, part in enumerate(parts[:-1]):
+            if part not in node.keys() and not _is_section(node):
+                node = None  # a new key inside a mapping option: OmegaConf.update creates the path
+                break
+            if part not in node.keys():
+                raise ConfigError(f"{where}: {_unknown_key('.'.join(parts[:i + 1]), _keys(node, parts[:i]))}")
+            if _child(node, part) is None:
+                raise ConfigError(f"{where}: {'.'.join(parts[:i + 1])!r} is not a section")
+            node = _child(node, part)
+        name = parts[-1]
+        exists = node is not None and name in node.keys()
+        section = node is not None and _is_section(node)
+        if op == "~":
+            if not exists:
+                raise ConfigError(f"{where}: {key} is not set; there is nothing to remove")
+            if section:
+                raise ConfigError(f"{where}: {key} is a config key and cannot be removed; set it with {key}=VALUE "
+                                  "(~ removes a key of a mapping option such as objective.hparams)")
+            current = node[name]
+            current = OmegaConf.to_container(current) if OmegaConf.is_config(current) else current
+            if raw is not None and current != value:
+                raise ConfigError(f"{where}: {key} is {current!r}, not {value!r}; nothing was removed")
+            del node[name]
+            return
+        if section and not exists:
+            raise ConfigError(f"{where}: {_unknown_key(key, _keys(node, parts[:-1]))}")
+        if op == "+" and exists:
+            raise ConfigError(f"{where}: {key} is already set; change it with {key}=VALUE "
+                              "(+ adds a key that is not there, ++ adds or changes)")
+        merge = section and _child(node, name) is not None and _is_section(_child(node, name))
+        if merge and not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key}: expected a mapping of its keys, got {value!r}")
+        OmegaConf.update(cfg, key, value, merge=merge)  # a section merges; an option's value is replaced
+    except oc_errors.OmegaConfBaseException as err:
+        raise _config_error(err, where) from None
+
+
+def _parse_value(raw: str, where: str) -> Any:
+    """An override's value read as YAML by OmegaConf (its ``from_dotlist``), as plain Python."""
+    if not raw.strip():
+        return ""
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]
+    except yaml.constructor.ConstructorError as err:
+        raise ConfigError(f"{where}: {_duplicate_key(raw, err)}") from None
+    except yaml.YAMLError:
+        return raw  # not YAML (``Q: {question} A:``): the string as typed
+    except oc_errors.GrammarParseError as err:
+        raise ConfigError(f"{where}: the value is not a valid ${{...}} interpolation ({str(err).splitlines()[0]}); "
+                          "write ${section.key}, or \\${ for a literal ${") from None
+    except oc_errors.OmegaConfBaseException as err:
+        raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from None
+
+
+def _literal(value: Any) -> Any:
+    """``value`` with ``${`` escaped in every string, so that OmegaConf keeps it as written."""
+    if isinstance(value, str):
+        return value.replace("${", "\\${")
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_literal(v) for v in value]
+    return value
+
+
+def _is_section(node: DictConfig) -> bool:
+    """Whether ``node`` is a config section (a dataclass) rather than a mapping option."""
+    return OmegaConf.get_type(node) is not dict
+
+
+def _child(node: DictConfig, key: str) -> DictConfig | None:
+    """The mapping under ``key`` of ``node``; None for any other value (read without resolving it)."""
+    if OmegaConf.is_missing(node, key) or OmegaConf.is_interpolation(node, key):
+        return None
+    child = node[key]
+    return child if isinstance(child, DictConfig) else None
+
+
+def _keys(node: DictConfig, parts: list[str]) -> list[str]:
+    """The full names of the keys of ``node``, the section at ``parts``."""
+    return [".".join([*parts, str(k)]) for k in node.keys()]
+
+
+def _duplicate_key(text: str, err: yaml.constructor.ConstructorError) -> str:
+    """OmegaConf's "found duplicate key" as ``key 'lr' appears twice in the same mapping (lines 2 and
+    4); keep one``: the first line is found by walking the YAML's nodes to the mapping named."""
+    if not (err.problem or "").startswith("found duplicate key ") or err.problem_mark is None:
+        return f"not valid YAML: {' '.join(str(err).split())}"
+    key, second = err.problem[len("found duplicate key "):], err.problem_mark.line + 1
+    lines = [second]
+    stack = [yaml.compose(text)]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            if err.context_mark is not None and node.start_mark.index == err.context_mark.index:
+                lines = [k.start_mark.line + 1 for k, _ in node.value if k.value == key] or lines
+                break
+            stack += [v for pair in node.value for v in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
+    where = f"lines {lines[0]} and {lines[1]}" if len(lines) > 1 and lines[0] != lines[1] else f"line {lines[0]}"
+    return f"key {key!r} appears twice in the same mapping ({where}); keep one"
+
+
+def _config_error(err: oc_errors.OmegaConfBaseException, where: str = "") -> ConfigError:
+    """OmegaConf's error as one line naming the key (its own message spans several lines)."""
+    key = getattr(err, "full_key", None) or ""
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, (oc_errors.ConfigKeyError, oc_errors.ConfigAttributeError)) and key:
+        section, _, _ = key.rpartition(".")
+        cls = TrainConfig
+        for part in filter(None, section.split(".")):
+            cls = typing.get_type_hints(cls).get(part, dict)
+        valid = [f"{section}.{f.name}" if section else f.name for f in dataclasses.fields(cls)] \
+            if dataclasses.is_dataclass(cls) else []
+        text = _unknown_key(key, valid)
+    elif isinstance(err, oc_errors.MissingMandatoryValue):
+        text = f"{key}: no value given (the config says '???'); set it with {key}=VALUE"
+    elif isinstance(err, (oc_errors.InterpolationResolutionError, oc_errors.GrammarParseError)):
+        text = f"{key + ': ' if key else ''}cannot interpolate: {message} (write \\${{ for a literal ${{)"
+    else:
+        text = f"{key}: {message}" if key else message
+    return ConfigError(f"{where}: {text}" if where else text)
 
 
 def validate(config: TrainConfig) -> None:

@@ -218,7 +218,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | None = None):
                           f"(each checkpoint keeps a copy in {CheckpointFiles(run_dir).config.name}: copy it back to "
                           f"{saved.name})")
     try:
-        return load_config(saved, overrides)
+        return load_config(saved, overrides, resolved=True)  # written resolved: a ${ in it is literal
     except ConfigError as err:
         raise RunDirError(f"--resume {str(run_dir)!r}: {err}") from None
 
