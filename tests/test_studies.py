@@ -409,3 +409,26 @@ def test_quick_staleness_sweep(tmp_path, tiny_overrides, monkeypatch):
     assert text.count("| m2po |") == 2 and text.count("| grpo |") == 2
     assert load_config(out / "runs" / "m2po-s16-seed0" / "config.yaml").stale.staleness == d.QUICK_STALENESS
     assert "[sweep.md](sweep.md)" in (out / "verdicts.md").read_text()
+
+
+@pytest.mark.slow  # a warm-up run, two timed runs and a fresh interpreter's imports: a minute under load
+def test_study_speed_benchmark_smoke(tiny_testbed, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from stalerl.rewards import verifier
+    from stalerl.training import loop
+
+    path = Path(__file__).parents[1] / "benchmarks" / "study_speed.py"
+    spec = importlib.util.spec_from_file_location("bench_study_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    switches = (loop._stats_from_gradient_pass, verifier.integer_verdict, loop.evaluate)
+    tiny = [f"model.path={tiny_testbed}", "data.eval_size=4", "data.testbed_train_size=100", "rollout.prompts_per_step=2",
+            "rollout.group_size=4", "optim.mini_batches=2", "rollout.max_new_tokens=8"]
+    ratios = bench.main(["--objectives", "m2po", "--steps", "1", "--staleness", "0", "--rounds", "1",
+                         *[a for o in tiny for a in ("--set", o)]])
+    assert set(ratios) == {"m2po"} and all(r > 0 for r in ratios["m2po"].values())
+    out = capsys.readouterr().out
+    assert "| m2po |" in out and "staleness-sweep" in out
+    assert (loop._stats_from_gradient_pass, verifier.integer_verdict, loop.evaluate) == switches  # restored

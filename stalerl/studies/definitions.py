@@ -515,6 +515,9 @@ TESTBED_OVERRIDES = [
     f"steps={TESTBED_STEPS}",
     f"optim.lr={TESTBED_LR}",
     "eval.every=5",
+    # 128 problems x 2 samples: the interval of a paired accuracy difference over 5 seeds is set by
+    # the seeds, not by sampling (docs/PERFORMANCE.md, "Study speed"); 4 samples cost twice as much
+    "eval.samples=2",
     "rollout.prompts_per_step=16",
     "rollout.group_size=8",
     "optim.mini_batches=4",
