@@ -95,8 +95,10 @@ def study_estimate(study: d.Study, m: dict[str, float], seeds: int, cores: int) 
         c = load_config(None, condition_overrides(study, cond, scale="testbed", quick=False, seed=0,
                                                   run_dir=Path("unused"), extra=[]))
         evals = (c.steps // c.eval.every if c.eval.every else 0) + 1  # and step 0
-        # a stale run first fills its buffer: s / m generation batches before its first update
-        fill = min(c.stale.staleness // c.optim.mini_batches, c.steps)
+        # a stale run generates s / m batches more than it consumes (they wait in its final
+        # checkpoint), unless the staleness reaches beyond the run (loop._generation_limit)
+        s, m_ = c.stale.staleness, c.optim.mini_batches
+        fill = s // m_ if s <= (c.steps - 1) * m_ else 0
         total += m["startup"] + c.steps * m["step"] + evals * m["eval"] + fill * m["generation"]
     return seeds * total / cores
 
