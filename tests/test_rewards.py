@@ -122,6 +122,27 @@ def test_verifier_no_answer_and_fast_path(verifier):
         verifier.verify_batch(["1"], [])
 
 
+INTEGER_PAIRS = [("12", "13"), ("7", "007"), ("5", "+5"), ("0", "-0"), ("-12", "-012"), ("5", "-5"),
+                 ("1000000", "1000001"), ("123456789012345", "123456789012346"), (" 42 ", "42")]
+
+
+def test_integer_fast_path_agrees_with_math_verify():
+    from stalerl.rewards.verifier import integer_verdict, math_verify_check
+
+    for g, p in INTEGER_PAIRS:
+        assert integer_verdict(g, p) == math_verify_check(g, p, 5)[0], (g, p)
+    for g, p in [("12", "12.0"), ("1/2", "0.5"), ("1234567890123456", "1234567890123456"), ("5", "5x"), ("", "5")]:
+        assert integer_verdict(g, p) is None, (g, p)  # not two integer literals: math-verify decides
+
+
+def test_verifier_decides_integers_without_a_worker(verifier):
+    before = dict(verifier.stats)
+    res = verifier.verify_batch([g for g, _ in INTEGER_PAIRS], [p for _, p in INTEGER_PAIRS])
+    assert [r.correct for r in res] == [False, True, True, True, True, False, False, False, True]
+    assert all(r.extracted and r.status == "ok" for r in res)
+    assert verifier.stats["fast_path"] == before["fast_path"] + len(INTEGER_PAIRS)
+
+
 def test_verifier_gold_first_not_symmetric(verifier):
     # gold is an equation-free number; the check must pass gold first without error.
     r = verifier.verify("2", r"\frac{4}{2}")

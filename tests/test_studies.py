@@ -22,6 +22,8 @@ def test_every_condition_builds_a_valid_config(tmp_path):
                 expected = 0 if not cond.stale else (
                     d.QUICK_STALENESS if quick else study.testbed_scale.get("stale.staleness", d.TESTBED_STALENESS)
                     if scale == "testbed" else study.paper_scale["stale.staleness"])
+                if cond.staleness is not None:  # the sweep's own axis, at every scale
+                    expected = min(cond.staleness, d.QUICK_STALENESS) if quick else cond.staleness
                 assert config.stale.staleness == expected
                 if scale == "testbed" and not quick:
                     for key, value in study.testbed_scale.items():  # the study's own setting wins
@@ -211,6 +213,18 @@ CASES[("minpro", 0)] = {
 }
 
 
+CASES[("staleness-sweep", 0)] = {  # within 2 points or better
+    "reproduced": acc(**{"m2po-s256": (0.325,), "grpo-s0": (0.33,)}),
+    "contradicted": acc(**{"m2po-s256": (0.25,), "grpo-s0": (0.33,)}),
+    "inconclusive": acc(**{"m2po-s256": (0.31, LOUD), "grpo-s0": (0.33,)}),
+}
+CASES[("staleness-sweep", 1)] = {
+    "reproduced": acc(**{"grpo-s0": (0.33,), "grpo-s256": (0.28,)}),
+    "contradicted": acc(**{"grpo-s0": (0.28,), "grpo-s256": (0.33,)}),
+    "inconclusive": acc(**{"grpo-s0": (0.30, LOUD), "grpo-s256": (0.30,)}),
+}
+
+
 def test_every_claim_has_hand_made_cases():
     assert set(CASES) == {(name, i) for name, study in d.STUDIES.items() for i in range(len(study.claims))}
 
@@ -326,3 +340,95 @@ def test_jobs_share_the_cores_and_a_derived_condition_waits(tmp_path, tiny_overr
         assert load_config(run / "config.yaml").runtime.cores == 1
     with pytest.raises(ValueError, match="--jobs must be >= 1"):
         reproduce("jobs-test", out=tmp_path / "jobs", quick=True, jobs=0)
+
+
+def test_sweep_has_every_objective_at_every_staleness(tmp_path):
+    study = d.STUDIES["staleness-sweep"]
+    assert study.seeds == 5 and study.sweep
+    got = {(c.objective, c.staleness) for c in study.conditions}
+    assert got == {(o, s) for o in ("grpo_verl", "no_tr", "gspo", "cispo", "m2po", "mispo", "ac_mispo", "minpro")
+                   for s in (0, 16, 64, 256)}
+    cond = next(c for c in study.conditions if c.name == "minpro-s64")
+    config = load_config(None, condition_overrides(study, cond, scale="paper", quick=False, seed=0,
+                                                   run_dir=tmp_path, extra=[]))
+    assert (config.objective.name, config.stale.staleness) == ("minpro", 64)
+
+
+def _sweep_runs(acc_by_cond, drops_by_cond):
+    """Two seeds of three problems per condition; accuracy per problem and largest reward drops."""
+    return {c: [_stats(eval_problems_lastk=[a, a, a], eval_lastk=a, eval_best=a + 0.05, reward_largest_drop=dr,
+                       crashed_at=None) for a, dr in zip(accs, drops_by_cond[c], strict=True)]
+            for c, accs in acc_by_cond.items()}
+
+
+def test_sweep_table_and_figure_from_hand_made_runs(tmp_path):
+    from stalerl.studies.sweep import COLLAPSE_DROP, write_sweep
+
+    study = d.STUDIES["staleness-sweep"]
+    runs_ = _sweep_runs({"m2po-s0": [0.30, 0.40], "m2po-s256": [0.30, 0.30], "no_tr-s256": [0.10, 0.20]},
+                        {"m2po-s0": [0.0, 0.1], "m2po-s256": [0.05, 0.05], "no_tr-s256": [0.5, 0.1]})
+    runs_["no_tr-s256"][1]["crashed_at"] = 40  # a crash is a collapse whatever the drop
+    rows = write_sweep(tmp_path, study, runs_)
+    by = {r["condition"]: r for r in rows}
+    assert [r["condition"] for r in rows] == ["no_tr-s256", "m2po-s0", "m2po-s256"]  # the study's order
+    assert by["m2po-s0"]["accuracy"].estimate == pytest.approx(0.35)  # mean of seeds x problems
+    # two seeds 0.30 / 0.40: the bootstrap over seeds draws (0.30, 0.30) ... (0.40, 0.40)
+    assert by["m2po-s0"]["accuracy"].low == pytest.approx(0.30) and by["m2po-s0"]["accuracy"].high == pytest.approx(0.40)
+    assert by["m2po-s256"]["accuracy"].low == by["m2po-s256"]["accuracy"].high == pytest.approx(0.30)
+    assert by["m2po-s0"]["best"] == pytest.approx(0.40)
+    assert by["no_tr-s256"]["drop"].estimate == pytest.approx(0.3)
+    assert 0.5 > COLLAPSE_DROP > 0.1
+    assert (by["no_tr-s256"]["collapsed"], by["m2po-s0"]["collapsed"], by["m2po-s256"]["collapsed"]) == (2, 0, 0)
+    text = (tmp_path / "sweep.md").read_text()
+    assert "| m2po | 0 | 35.0% [30.0, 40.0] | 40.0% | 0.05 [0, 0.1] | 0/2 |" in text
+    assert "| no_tr | 256 | 15.0% [10.0, 20.0] | 20.0% |" in text and "| 2/2 |" in text
+    assert "![staleness sweep](sweep.png)" in text
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+def test_sweep_without_accuracy_writes_the_table_and_no_figure(tmp_path):
+    from stalerl.studies.sweep import write_sweep
+
+    rows = write_sweep(tmp_path, d.STUDIES["staleness-sweep"], {"grpo-s16": [_stats(reward_largest_drop=0.1)]})
+    assert len(rows) == 1 and not (tmp_path / "sweep.png").exists()
+    assert "| grpo | 16 | n/a | n/a |" in (tmp_path / "sweep.md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_staleness_sweep(tmp_path, tiny_overrides, monkeypatch):
+    """Two objectives of the sweep at s = 0 and s = 16 (capped at the quick staleness), end to end."""
+    base = d.STUDIES["staleness-sweep"]
+    keep = {"m2po-s0", "m2po-s16", "grpo-s0", "grpo-s16"}
+    study = d.Study(name="sweep-test", seed_file=base.seed_file, title=base.title, claims=[],
+                    conditions=[c for c in base.conditions if c.name in keep], paper_scale=base.paper_scale,
+                    sweep=True)
+    monkeypatch.setitem(d.STUDIES, "sweep-test", study)
+    overrides = [o for o in tiny_overrides() if o.startswith(("model.path", "reward.function"))]
+    out = reproduce("sweep-test", out=tmp_path / "sweep", quick=True, overrides=overrides, progress=False)
+    text = (out / "sweep.md").read_text()
+    assert text.count("| m2po |") == 2 and text.count("| grpo |") == 2
+    assert load_config(out / "runs" / "m2po-s16-seed0" / "config.yaml").stale.staleness == d.QUICK_STALENESS
+    assert "[sweep.md](sweep.md)" in (out / "verdicts.md").read_text()
+
+
+@pytest.mark.slow  # a warm-up run, two timed runs and a fresh interpreter's imports: a minute under load
+def test_study_speed_benchmark_smoke(tiny_testbed, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from stalerl.rewards import verifier
+    from stalerl.training import loop
+
+    path = Path(__file__).parents[1] / "benchmarks" / "study_speed.py"
+    spec = importlib.util.spec_from_file_location("bench_study_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    switches = (loop._stats_from_gradient_pass, verifier.integer_verdict, loop.evaluate)
+    tiny = [f"model.path={tiny_testbed}", "data.eval_size=4", "data.testbed_train_size=100", "rollout.prompts_per_step=2",
+            "rollout.group_size=4", "optim.mini_batches=2", "rollout.max_new_tokens=8"]
+    ratios = bench.main(["--objectives", "m2po", "--steps", "1", "--staleness", "0", "--rounds", "1",
+                         *[a for o in tiny for a in ("--set", o)]])
+    assert set(ratios) == {"m2po"} and all(r > 0 for r in ratios["m2po"].values())
+    out = capsys.readouterr().out
+    assert "| m2po |" in out and "staleness-sweep" in out
+    assert (loop._stats_from_gradient_pass, verifier.integer_verdict, loop.evaluate) == switches  # restored

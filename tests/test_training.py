@@ -614,3 +614,30 @@ def test_run_seed_and_updates_per_step_fill_objective_hparams(make_config):
     ac = loop.build_objective(make_config("objective.name=ac_mispo", "optim.mini_batches=2"))
     assert ac.config.updates_per_train_step == 2
     assert loop.build_objective(make_config("objective.name=grpo")).config.epsilon_low == 0.2
+
+
+def test_one_micro_batch_scores_the_mini_batch_once(stale_batch, tiny_testbed, one_thread, monkeypatch):
+    """M2PO's mini-batch statistics need the current policy's log-probs: with one micro-batch the
+    gradient pass gives them (one forward pass per update), and they equal a separate no-grad pass."""
+    from dataclasses import replace
+
+    from stalerl import objectives
+
+    config, batch = stale_batch
+    torch.manual_seed(0)
+    model, _, _ = loop.load_policy(config, progress=False)
+    micro = loop._slice(batch, torch.arange(16), "cpu")
+    with_grad = loop._current_log_prob(model, micro, config, with_grad=True)[0]
+    assert with_grad.requires_grad
+    assert torch.equal(with_grad.detach(), loop._current_log_prob(model, micro, config, with_grad=False)[0])
+    calls = []
+    real = loop._current_log_prob
+    monkeypatch.setattr(loop, "_current_log_prob", lambda *a, **k: calls.append(k["with_grad"]) or real(*a, **k))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
+    cfg = replace(config, optim=replace(config.optim, micro_batch_size=16))
+    loop.update(cfg, model, optimizer, objectives.build("m2po"), batch, torch.arange(16), loop.LoopState())
+    assert calls == [True]
+    calls.clear()  # two micro-batches: a no-grad pass over both, then a gradient pass per micro-batch
+    cfg = replace(config, optim=replace(config.optim, micro_batch_size=8))
+    loop.update(cfg, model, optimizer, objectives.build("m2po"), batch, torch.arange(16), loop.LoopState())
+    assert calls == [False, False, True, True]

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("reproduce", help="rerun a seed paper's study on the testbed")
-    p.add_argument("study", help="prosperity | mispo-mechanism | ac-mispo | minpro")
+    p.add_argument("study", help="prosperity | mispo-mechanism | ac-mispo | minpro | staleness-sweep")
     p.add_argument("--quick", action="store_true", help="a minutes-long smoke version (used by the tests)")
     p.add_argument("--scale", default="testbed", choices=["testbed", "paper"], help="testbed (CPU) or the paper's own scale")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds per condition")

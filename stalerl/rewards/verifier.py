@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 if TYPE_CHECKING:
     from stalerl.rewards.verifier_pool import WorkerPool
 
-__all__ = ["MathVerifier", "VerifyResult", "STATUSES", "wrap_for_parse", "math_verify_check"]
+__all__ = ["MathVerifier", "VerifyResult", "STATUSES", "wrap_for_parse", "math_verify_check", "integer_verdict"]
 
 #: The possible values of :attr:`VerifyResult.status`.
 STATUSES = ("ok", "no_answer", "timeout", "error")
@@ -75,6 +75,21 @@ class VerifyResult:
 # ---------------------------------------------------------------------------------------------
 
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]{1,15}")
+
+
+def integer_verdict(gold: str, pred: str) -> bool | None:
+    """math-verify's verdict on two plain integer literals, without a worker: equal exactly when
+    their values are (``007`` = ``7``, ``+5`` = ``5``, ``-0`` = ``0``, ``12`` != ``13``, as
+    math-verify decides; ``tests/test_rewards.py::test_integer_fast_path_agrees_with_math_verify``).
+    None when either is anything else (decimals, LaTeX, more than 15 digits): math-verify decides.
+    The testbed's answers are integers, so most of its checks end here."""
+    g, p = gold.strip(), pred.strip()
+    if _INTEGER.fullmatch(g) and _INTEGER.fullmatch(p):
+        return int(g) == int(p)
+    return None
 
 
 def wrap_for_parse(text: str) -> str:
@@ -217,6 +232,7 @@ class MathVerifier:
         # Imported here, not at the top: a worker loads this file by path for its check and
         # must not import the stalerl package (and with it torch).
         from stalerl.rewards.verifier_pool import WorkerPool, check_spec
+        self._integers_here = _check_fn is None  # math-verify's verdict on integers needs no worker
         from stalerl.runtime import single_thread_env
 
         env = single_thread_env()  # a check needs one thread; no numeric library may start a pool
@@ -304,6 +320,9 @@ class MathVerifier:
                 results[i] = VerifyResult(False, False, "no_answer")
             elif str(p).strip() == g.strip():
                 results[i] = VerifyResult(True, True, "ok")
+                n_fast += 1
+            elif self._integers_here and (same := integer_verdict(g, str(p))) is not None:
+                results[i] = VerifyResult(same, True, "ok")
                 n_fast += 1
             else:
                 to_check.append(i)

@@ -1,4 +1,4 @@
-"""The four studies of the seed papers (docs/REPRODUCTION.md): conditions, scaling, and the claims to check.
+"""The four studies of the seed papers and a staleness sweep (docs/REPRODUCTION.md): conditions, scaling, and the claims to check.
 
 Each study is a list of :class:`Condition` (objective, hyperparameters, staleness) and a list of
 :class:`Claim` (the paper's statement and numbers, and a check that computes the testbed's numbers
@@ -44,6 +44,16 @@ class Condition:
     """Hyperparameters computed, at run time, from the statistics of the conditions listed before
     this one (e.g. the bound AC-MIS-PO converged to); they replace ``hparams``, which then only
     stand in for them in ``--dry-run`` and in config checks."""
+    staleness: int | None = None
+    """This condition's own staleness in updates at every scale (``stale`` is then ignored), for a
+    study whose axis is the staleness itself (``staleness-sweep``); ``--quick`` caps it at
+    ``QUICK_STALENESS``. None: the study's S (or 0, per ``stale``)."""
+
+    def staleness_at(self, study: "Study", scale: str = "testbed", quick: bool = False) -> int:
+        """The ``stale.staleness`` this condition runs with in ``study`` at that scale."""
+        if self.staleness is not None:
+            return min(self.staleness, QUICK_STALENESS) if quick else self.staleness
+        return study.staleness(scale, quick) if self.stale else 0
 
 
 @dataclass
@@ -78,6 +88,9 @@ class Study:
     """Seeds per condition (every study has claims about accuracy: 5)."""
     paper: str = ""
     """Title of the seed paper whose claims the study checks (written into ``verdicts.md``)."""
+    sweep: bool = False
+    """The conditions are objectives x staleness values (``Condition.staleness``): ``reproduce``
+    also writes the sweep's table and figure (:mod:`stalerl.studies.sweep`)."""
 
     def staleness(self, scale: str = "testbed", quick: bool = False) -> int:
         """The staleness S of the study's stale conditions at that scale."""
@@ -442,12 +455,69 @@ MINPRO = Study(
     testbed_scale={"stale.staleness": 8, "eval.top_p": 0.7},
 )
 
-STUDIES: dict[str, Study] = {s.name: s for s in (PROSPERITY, MISPO_MECHANISM, AC_MISPO, MINPRO)}
+# ------------------------------------------------------------------ the staleness sweep
+# Not a seed paper's study: every objective at every staleness of the papers' range, on the same
+# seeds and held-out problems, so that one figure shows how each objective's accuracy and stability
+# fall (or not) as the rollouts age. Its two claims are the M2PO paper's own statements about its
+# largest staleness; the rest of the sweep is a measurement, with no verdict.
+
+SWEEP_STALENESS = (0, 16, 64, 256)
+"""The staleness values of the sweep, in updates: on-policy, then the M2PO paper's s = 16, 64 and
+256 (Table 1, Fig. 3)."""
+SWEEP_OBJECTIVES = {
+    "grpo": "grpo_verl",  # GRPO as the papers ran it in verl (dual clip c = 3)
+    "no_tr": "no_tr",
+    "gspo": "gspo",
+    "cispo": "cispo",
+    "m2po": "m2po",
+    "mispo": "mispo",
+    "ac_mispo": "ac_mispo",
+    "minpro": "minpro",
+}
+"""Condition label -> objective (or preset): each objective of the seed papers once, at its paper
+default. Left out: the ablations and variants that differ from one of these in one choice
+(``gspo_token``, ``m2po_capped``, ``mispo_token_only``, ``mispo_random_traj``, ``tis``)."""
+
+
+def sweep_condition(label: str, staleness: int) -> str:
+    """The name of the sweep's condition for objective ``label`` at ``staleness``: ``m2po-s256``."""
+    return f"{label}-s{staleness}"
+
+
+STALENESS_SWEEP = Study(
+    name="staleness-sweep",
+    seed_file="m2po-prosperity-before-collapse.txt",
+    paper="Prosperity before Collapse: How Far Can Off-Policy RL Reach with Stale Data on LLMs? (the claims); "
+          "the sweep over every objective is this project's own",
+    title="Staleness sweep: every objective at s = 0, 16, 64, 256",
+    conditions=[Condition(sweep_condition(label, s), objective, staleness=s)
+                for label, objective in SWEEP_OBJECTIVES.items() for s in SWEEP_STALENESS],
+    claims=[
+        Claim("m2po at the largest staleness (s=256) matches on-policy grpo (within 2 points or better)",
+              "Sec. 6.2, Table 1: M2PO 'consistently achieves comparable accuracy to the on-policy baseline' "
+              "(Qwen3-1.7B: M2PO s=256 36.6% vs GRPO s=0 33.0%)",
+              lambda r: _not_worse(r, sweep_condition("m2po", 256), sweep_condition("grpo", 0), 0.02),
+              "held-out accuracy, mean of the last 4 evaluations per problem, paired over seeds and problems; "
+              "non-inferiority: the interval of m2po-s256 - grpo-s0 above -2 points"),
+        Claim("grpo loses accuracy from s=0 to s=256",
+              "Sec. 6.2, Table 1: GRPO and GSPO 'often suffer significant performance drops under large staleness'",
+              lambda r: _better(r, sweep_condition("grpo", 0), sweep_condition("grpo", 256)),
+              "held-out accuracy, mean of the last 4 evaluations per problem, paired over seeds and problems: "
+              "grpo-s0 - grpo-s256 above 0"),
+    ],
+    paper_scale={"stale.staleness": 256, "steps": 1000},
+    sweep=True,
+)
+
+STUDIES: dict[str, Study] = {s.name: s for s in (PROSPERITY, MISPO_MECHANISM, AC_MISPO, MINPRO, STALENESS_SWEEP)}
 
 TESTBED_OVERRIDES = [
     f"steps={TESTBED_STEPS}",
     f"optim.lr={TESTBED_LR}",
     "eval.every=5",
+    # 128 problems x 2 samples: the interval of a paired accuracy difference over 5 seeds is set by
+    # the seeds, not by sampling (docs/PERFORMANCE.md, "Study speed"); 4 samples cost twice as much
+    "eval.samples=2",
     "rollout.prompts_per_step=16",
     "rollout.group_size=8",
     "optim.mini_batches=4",

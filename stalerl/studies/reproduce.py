@@ -7,6 +7,8 @@ Output directory (default ``studies/<study>``)::
                                  95% bootstrap intervals, and reproduced / contradicted / inconclusive
     stats.json                   per-run statistics the verdicts are computed from
     report/                      the comparison report (stalerl report over all runs)
+    sweep.md, sweep.png          a sweep study only (``staleness-sweep``): accuracy and stability of each
+                                 objective against the staleness (:mod:`stalerl.studies.sweep`)
 
 A run whose ``summary.json`` exists is reused, and a half-done run resumes from its newest checkpoint
 (or starts over if it had none), so an interrupted study continues where it stopped.
@@ -62,9 +64,8 @@ def condition_overrides(study: Study, condition, *, scale: str, quick: bool, see
         base = list(QUICK_OVERRIDES)
     else:
         base = _merge(TESTBED_OVERRIDES, study.testbed_scale)
-    staleness = study.staleness(scale, quick)
     out = list(base)
-    out += [f"objective.name={condition.objective}", f"stale.staleness={staleness if condition.stale else 0}",
+    out += [f"objective.name={condition.objective}", f"stale.staleness={condition.staleness_at(study, scale, quick)}",
             f"seed={seed}", f"run_dir={run_dir}"]
     out += [f"objective.hparams.{k}={v}" for k, v in condition.hparams.items()]
     return out + list(extra)
@@ -260,6 +261,13 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
     stats = _plan_stats(plan)
     rows = verdicts(study, stats)
     write_verdicts(out, study, rows, stats, seeds, quick)
+    if study.sweep:  # each objective against the staleness: sweep.md, sweep.png
+        from stalerl.studies.sweep import write_sweep
+
+        write_sweep(out, study, stats)
+        with open(out / "verdicts.md", "a") as f:
+            f.write("\nThe sweep's table and figure (accuracy and stability per objective and staleness): "
+                    "[sweep.md](sweep.md).\n")
     _report(out, [d for _, _, d, _ in plan], study.title)
     echo((out / "verdicts.md").read_text())
     return out

@@ -198,6 +198,14 @@ def _current_log_prob(model, micro, config, with_grad: bool):
         )
 
 
+def _stats_from_gradient_pass(micros: list) -> bool:
+    """Whether the mini-batch statistics come from the gradient pass itself rather than an extra
+    no-grad pass: with a single micro-batch both run the same parameters on the same rows and give
+    the same log-probs (``tests/test_training.py::test_one_micro_batch_scores_the_mini_batch_once``),
+    so one forward pass per update is saved."""
+    return len(micros) == 1
+
+
 def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch.Tensor, state: LoopState,
            loss_terms=None):
     """One optimizer update on the mini-batch ``rows`` of ``batch``; returns its metrics and diagnostics.
@@ -211,8 +219,13 @@ def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch
     # Mini-batch statistics (M2PO's M̂2, RandomTraj's N_acc, AC-MIS-PO's quantile) come from the
     # current policy on the whole mini-batch: one extra no-grad pass, only for objectives needing it.
     needs_current = objective.uses_batch_stats and objective.mini_batch_scoped
-    current = [_current_log_prob(model, m, config, with_grad=False)[0] for m in micros] if needs_current \
-        else [m["old_log_prob"] for m in micros]
+    first = _current_log_prob(model, micros[0], config, with_grad=True) if needs_current and \
+        _stats_from_gradient_pass(micros) else None
+    if first is not None:
+        current = [first[0].detach()]
+    else:
+        current = [_current_log_prob(model, m, config, with_grad=False)[0] for m in micros] if needs_current \
+            else [m["old_log_prob"] for m in micros]
     stats = objective.batch_stats(
         current, [m["old_log_prob"] for m in micros], [m["advantages"] for m in micros],
         [m["response_mask"] for m in micros], rollout_log_prob=rollout_lp,
@@ -224,7 +237,7 @@ def update(config, model, optimizer, objective, batch: RolloutBatch, rows: torch
     finite = True
     diag = {"traj_log_ratio": [], "traj_accepted": [], "entropy": [], "ratio": []}
     for micro in micros:
-        log_prob, entropy = _current_log_prob(model, micro, config, with_grad=True)
+        log_prob, entropy = first if first is not None else _current_log_prob(model, micro, config, with_grad=True)
         out = objective(
             log_prob, micro["old_log_prob"], micro["advantages"], micro["response_mask"],
             rollout_log_prob=micro.get("rollout_log_prob"), batch_stats=stats,
