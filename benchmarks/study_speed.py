@@ -13,7 +13,7 @@ per variant and round, the variants interleaved:
 * ``after``: the code as shipped, the evaluation as ``TESTBED_OVERRIDES`` sizes it.
 
 For each run it reads ``metrics.jsonl`` and times ``evaluate`` (wrapped): per training step
-(``time/step``, steps after the first), per evaluation, and the rest (start-up: model, problems,
+(``timing_s/step``, steps after the first), per evaluation, and the rest (start-up: model, problems,
 verifier), after one untimed warm-up run; a new interpreter's imports are timed apart (each run of
 ``reproduce --jobs`` is a subprocess that pays them). It prints the before/after ratio of each, measured in the same process, and the
 estimated wall time of each full study at 5 seeds (runs x estimated run time / cores, assuming
@@ -45,7 +45,7 @@ from stalerl.studies import definitions as d
 from stalerl.studies.reproduce import condition_overrides
 from stalerl.training import loop
 from stalerl.training.config import load_config
-from stalerl.training.logger import read_jsonl
+from stalerl.run_files import read_steps
 
 BEFORE_EVAL_SAMPLES = 4
 """``eval.samples`` before the evaluation was sized by the interval it must give."""
@@ -79,9 +79,9 @@ def run_once(variant: str, objective: str, steps: int, staleness: int, extra: li
         wall = time.perf_counter() - t0
     finally:
         loop._stats_from_gradient_pass, verifier.integer_verdict, loop.evaluate = saved
-    records = [r for r in read_jsonl(result.run_dir / "metrics.jsonl") if "time/step" in r]
-    step_times = [r["time/step"] for r in records]
-    gen = [r.get("time/generate", 0.0) + r.get("time/score", 0.0) + r.get("time/behaviour_logprob", 0.0)
+    records = [r for r in read_steps(result.run_dir) if "timing_s/step" in r]
+    step_times = [r["timing_s/step"] for r in records]
+    gen = [r.get("timing_s/gen", 0.0) + r.get("timing_s/reward", 0.0) + r.get("timing_s/old_log_prob", 0.0)
            for r in records]
     return {"wall": wall, "step": statistics.mean(step_times[1:] or step_times),
             "eval": statistics.mean(eval_seconds) if eval_seconds else 0.0,
