@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from stalerl.studies import definitions as d
@@ -432,3 +433,70 @@ def test_study_speed_benchmark_smoke(tiny_testbed, capsys):
     out = capsys.readouterr().out
     assert "| m2po |" in out and "staleness-sweep" in out
     assert (loop._stats_from_gradient_pass, verifier.integer_verdict, loop.evaluate) == switches  # restored
+
+
+# ------------------------------------------------------------------ calibration (drift statistics)
+
+
+def _drift_run(tmp_path):
+    """A run at s = 8 with two fill-up updates (staleness 0, 4) and two steady-state updates."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("stale:\n  staleness: 8\n")
+    updates = [
+        {"update": 0, "train/staleness": 0, "actor/pg_clipfrac": 0.5, "actor/m2": 9.0, "actor/ppo_kl": 9.0, "train/entropy": 9.0},
+        {"update": 1, "train/staleness": 4, "actor/pg_clipfrac": 0.5, "actor/m2": 9.0, "actor/ppo_kl": 9.0, "train/entropy": 9.0},
+        {"update": 2, "train/staleness": 8, "actor/pg_clipfrac": 0.01, "actor/m2": 0.02, "actor/ppo_kl": 0.01, "train/entropy": 0.3},
+        {"update": 3, "train/staleness": 9, "actor/pg_clipfrac": 0.03, "actor/m2": 0.04, "actor/ppo_kl": None, "train/entropy": 0.5},
+    ]
+    # log rho(tau): ln 0.996 = -0.00401, ln 1.001 = 0.0009995
+    diagnostics = [
+        {"update": 0, "entropy": [5.0, 5.0], "traj_log_ratio": [1.0, -1.0]},
+        {"update": 2, "entropy": [0.1, 0.7, 1.0, 0.5], "traj_log_ratio": [0.0, 0.0005, -0.003, 0.01]},
+        {"update": 3, "entropy": [0.1, 0.1, 0.1, 2.0], "traj_log_ratio": [0.02, -0.02]},
+    ]
+    (run / "updates.jsonl").write_text("".join(json.dumps(u) + "\n" for u in updates))
+    (run / "diagnostics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in diagnostics))
+    return run
+
+
+def test_drift_stats_are_steady_state_medians(tmp_path):
+    from stalerl.studies.calibration import drift_stats
+
+    stats = drift_stats(_drift_run(tmp_path))
+    assert stats["staleness"] == 8 and stats["updates"] == 2  # the fill-up updates (staleness 0, 4) left out
+    assert stats["clipfrac"] == pytest.approx(0.02)  # median of 0.01, 0.03
+    assert stats["m2_all"] == pytest.approx(0.03) and stats["entropy"] == pytest.approx(0.4)
+    assert stats["kl"] == pytest.approx(0.01)  # the null value is not a number
+    assert stats["m2_before"] is None and stats["masked_frac"] is None  # not an M2PO run
+    # entropies above 0.672 nats: 2 of 4, then 1 of 4 -> median 0.375
+    assert stats["forking_frac"] == pytest.approx(0.375)
+    # inside [0.996, 1.001]: 0, 0.0005, -0.003 of 4 (0.75), none of 2 (0) -> median 0.375
+    assert stats["mispo_accept"] == pytest.approx(0.375)
+    spread = [float(np.std([0.0, 0.0005, -0.003, 0.01])), 0.02]
+    assert stats["traj_log_ratio_std"] == pytest.approx(np.median(spread))
+
+
+def test_calibration_benchmark_plans_fill_up_plus_measured_steps_and_prints_targets(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "calibrate_testbed.py"
+    spec = importlib.util.spec_from_file_location("calibrate_testbed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench._parse(["--out", str(tmp_path), "--candidate", "c", "stale.staleness=8 optim.lr=1e-4",
+                         "--measure-steps", "5"])
+    runs = bench.plan(args)
+    steps = {cond: int(bench._value(o, "steps", "0")) for _, cond, _, o in runs}
+    assert steps == {"grpo-s0": 5, "grpo": 5 + 8 // 4, "m2po": 5 + 8 // 4}  # s / m fill-up steps
+    for _, cond, _dir, overrides in runs:
+        assert load_config(None, overrides).stale.staleness == (0 if cond == "grpo-s0" else 8)
+    # the grpo run's statistics land in the row of each target measured on it
+    (tmp_path / "c").mkdir()
+    _drift_run(tmp_path / "c")
+    (tmp_path / "c" / "run").rename(tmp_path / "c" / "grpo")
+    text, raw = bench.table(runs)
+    assert raw["c/grpo"]["clipfrac"] == pytest.approx(0.02)
+    row = next(line for line in text.splitlines() if line.startswith("| clipfrac | grpo |"))
+    assert "0.66%–1.22%" in row and row.rstrip(" |").endswith("2.00%")

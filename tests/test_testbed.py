@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 
 import pytest
 import torch
@@ -16,7 +17,9 @@ from stalerl.testbed.task import (
     generate_problems,
     problem_split,
 )
+from stalerl.testbed.solution import sampled_solution, worked_solution
 from stalerl.testbed.tokenizer import build_char_tokenizer
+from stalerl.testbed.warmstart_data import training_problems
 from stalerl.testbed.warmstart import (
     MARKER,
     extract_boxed,
@@ -73,6 +76,44 @@ def test_answers_and_solutions_correct():
         assert "(" in p.prompt if p.level == 3 else True
         row = p.to_row()
         assert row["prompt"] == p.prompt and row["answer"] == p.answer
+
+
+def test_sampled_solution_takes_every_valid_order():
+    # 3*4-(5+6): the group and the product are both ready; 5+6 and 3*4 may swap operands; the
+    # subtraction comes last and keeps its order: 2 orders x 2 x 2 operand orders = 8 solutions
+    rng = random.Random(0)
+    seen = {sampled_solution("3*4-(5+6)", rng) for _ in range(200)}
+    firsts = ("5+6=11. ", "6+5=11. ", "3*4=12. ", "4*3=12. ")
+    assert len(seen) == 8 and all(s.endswith("12-11=1. \\boxed{1}") and s.startswith(firsts) for s in seen)
+    assert worked_solution("3*4-(5+6)") == "5+6=11. 3*4=12. 12-11=1. \\boxed{1}"
+    # 2+3*4: the product is the only ready reduction (the sum's right operand belongs to it)
+    assert {sampled_solution("2+3*4", rng, swap=0.0) for _ in range(50)} == {"3*4=12. 2+12=14. \\boxed{14}"}
+    # a-b+c: left to right only (b+c first would be wrong), and "-" never swaps its operands
+    assert {sampled_solution("9-4+2", rng) for _ in range(50)} == {"9-4=5. 5+2=7. \\boxed{7}", "9-4=5. 2+5=7. \\boxed{7}"}
+
+
+def test_sampled_solutions_are_verifiable():
+    rng = random.Random(1)
+    for p in generate_problems(400, seed=5):
+        text = sampled_solution(p.expression, rng)
+        assert text.endswith("\\boxed{" + p.answer + "}")
+        steps = text.split(". ")[:-1]
+        assert len(steps) == sum(p.expression.count(op) for op in "+-*")
+        for step in steps:
+            lhs, rhs = step.rstrip(".").rsplit("=", 1)
+            assert eval(lhs) == int(rhs)  # noqa: S307
+
+
+def test_warm_start_data_shows_both_orders_deterministically():
+    a = training_problems(300, seed=2, levels=(1, 2, 3))
+    assert a == training_problems(300, seed=2, levels=(1, 2, 3))
+    canonical = training_problems(300, seed=2, levels=(1, 2, 3), solutions="canonical")
+    assert [p.expression for p in a] == [p.expression for p in canonical]
+    assert all(p.solution == worked_solution(p.expression) for p in canonical)
+    differs = sum(x.solution != y.solution for x, y in zip(a, canonical, strict=True))
+    assert 0.3 * len(a) < differs < len(a)  # most solutions have a choice, taken about half the time
+    with pytest.raises(ValueError, match="solutions must be"):
+        training_problems(3, seed=0, levels=(1,), solutions="any")
 
 
 def test_levels_mix_and_errors():

@@ -5,12 +5,15 @@ Everything a laptop without GPU or network needs to run the full stalerl loop:
 * :mod:`stalerl.testbed.task` -- procedurally generated, verifiable multi-step arithmetic
   (:func:`generate_problems`, :class:`Problem`, :data:`TESTBED_TEMPLATE`), with train and
   held-out splits that are disjoint by construction (split by a hash of the problem text).
+* :mod:`stalerl.testbed.solution` -- worked solutions: the canonical one
+  (:func:`worked_solution`) and sampled ones with a choice of order (:func:`sampled_solution`).
 * :mod:`stalerl.testbed.tokenizer` -- :func:`build_char_tokenizer`, a character-level
   ``PreTrainedTokenizerFast`` (exact round-trip, left padding).
 * :mod:`stalerl.testbed.model` -- :func:`testbed_model_config`, small ``Qwen3Config`` sizes
   ``tiny`` and ``small``.
 * :mod:`stalerl.testbed.warmstart` -- :func:`warm_start` (supervised training on CPU,
-  cached on disk), :func:`load_testbed` and :func:`sample_accuracy`.
+  cached on disk) and :func:`load_testbed`; its data (problems with sampled solutions) in
+  :mod:`stalerl.testbed.warmstart_data`, :func:`sample_accuracy` in :mod:`stalerl.testbed.accuracy`.
 
 Typical use::
 
@@ -23,6 +26,7 @@ Typical use::
 """
 
 from stalerl.testbed.model import MODEL_SIZES, testbed_model_config
+from stalerl.testbed.solution import sampled_solution, worked_solution
 from stalerl.testbed.task import (
     LEVELS,
     SPLITS,
@@ -59,6 +63,8 @@ __all__ = [
     "make_problem",
     "problem_split",
     "sample_accuracy",
+    "sampled_solution",
     "testbed_model_config",
     "warm_start",
+    "worked_solution",
 ]

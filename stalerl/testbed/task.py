@@ -40,6 +40,8 @@ import hashlib
 import random
 from dataclasses import asdict, dataclass
 
+from stalerl.testbed.solution import evaluate_expression, solution_steps, worked_solution
+
 __all__ = [
     "Problem",
     "TESTBED_TEMPLATE",
@@ -122,91 +124,9 @@ class Problem:
         return asdict(self)
 
 
-# ----------------------------------------------------------------------------------------
-# Expression evaluation with a worked solution.
-# ----------------------------------------------------------------------------------------
-
-
-def _tokenize(expr: str) -> list:
-    out: list = []
-    i = 0
-    while i < len(expr):
-        c = expr[i]
-        if c.isdigit():
-            j = i
-            while j < len(expr) and expr[j].isdigit():
-                j += 1
-            out.append(int(expr[i:j]))
-            i = j
-        elif c in "+-*()":
-            out.append(c)
-            i += 1
-        elif c == " ":
-            i += 1
-        else:
-            raise ValueError(f"unexpected character {c!r} in expression {expr!r}")
-    return out
-
-
-def _apply(a: int, op: str, b: int) -> int:
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    raise ValueError(f"unknown operator {op!r}")
-
-
-def _reduce_flat(toks: list, steps: list[str]) -> int:
-    """Reduce a parenthesis-free token list, recording each step."""
-    toks = list(toks)
-    for ops in ("*", "+-"):
-        i = 1
-        while i < len(toks):
-            if isinstance(toks[i], str) and toks[i] in ops:
-                a, op, b = toks[i - 1], toks[i], toks[i + 1]
-                v = _apply(a, op, b)
-                steps.append(f"{a}{op}{b}={v}.")
-                toks[i - 1 : i + 2] = [v]
-            else:
-                i += 2
-    if len(toks) != 1:
-        raise ValueError("malformed expression")
-    return toks[0]
-
-
-def _solve(expr: str) -> tuple[int, list[str]]:
-    toks = _tokenize(expr)
-    steps: list[str] = []
-    while "(" in toks:
-        # innermost parenthesis: the last "(" before the first ")"
-        close = toks.index(")")
-        open_ = max(i for i in range(close) if toks[i] == "(")
-        v = _reduce_flat(toks[open_ + 1 : close], steps)
-        toks[open_ : close + 1] = [v]
-    return _reduce_flat(toks, steps), steps
-
-
-def evaluate_expression(expr: str) -> int:
-    """The exact integer value of a testbed expression (``+``, ``-``, ``*``, parentheses).
-
-    Raises:
-        ValueError: for characters or structure outside that grammar.
-    """
-    return _solve(expr)[0]
-
-
-def worked_solution(expr: str) -> str:
-    """The worked solution of ``expr``: one ``a op b=c.`` step per operation, then
-    ``\\boxed{value}``. A bare number has no steps (just the box)."""
-    value, steps = _solve(expr)
-    return " ".join(steps + [f"\\boxed{{{value}}}"])
-
-
 def make_problem(expression: str, level: int = 0) -> Problem:
     """Build a :class:`Problem` from an expression string (e.g. ``"(3+4)*2"``)."""
-    value, steps = _solve(expression)
+    value, steps = solution_steps(expression)
     return Problem(
         prompt=TESTBED_TEMPLATE.format(expression=expression),
         answer=str(value),

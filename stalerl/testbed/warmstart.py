@@ -7,6 +7,9 @@ into a cache directory. RL then starts from this checkpoint through
 :func:`load_testbed`, which uses ``AutoModelForCausalLM.from_pretrained`` /
 ``AutoTokenizer.from_pretrained``: the same code path as a real checkpoint.
 
+The supervised data (:mod:`stalerl.testbed.warmstart_data`) shows every valid order of a
+solution's independent steps; held-out accuracy is measured by :mod:`stalerl.testbed.accuracy`.
+
 The warm start is deliberately *partial*: it stops while the model solves only part of
 the held-out problems when sampling at temperature 1 (the calibration target for the
 ``small`` model is 10-40%), so that RL has room both to improve and to collapse.
@@ -28,16 +31,17 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from stalerl.errors import UserError
+from stalerl.testbed.accuracy import extract_boxed, sample_accuracy
 from stalerl.testbed.model import MODEL_SIZES, testbed_model_config
-from stalerl.testbed.task import Problem, generate_problems
+from stalerl.testbed.task import generate_problems
 from stalerl.testbed.tokenizer import build_char_tokenizer
+from stalerl.testbed.warmstart_data import encode_batch, training_problems
 
 __all__ = [
     "warm_start",
@@ -51,33 +55,24 @@ __all__ = [
 ]
 
 #: Bump when a change of this package changes what a warm start produces (invalidates caches).
-CODE_VERSION = "1"
+CODE_VERSION = "2"
 
 #: Name of the marker file written last into a finished cache directory.
 MARKER = ".complete"
 
 #: Training recipe per model size. ``steps`` is the default number of optimizer steps;
 #: the learning rate warms up linearly for ``warmup`` steps and then stays constant.
+#: ``solutions``: ``"sampled"`` trains on worked solutions whose order of independent reductions
+#: and of ``+``/``*`` operands is drawn at random (:mod:`stalerl.testbed.solution`), so the model
+#: keeps uncertain "forking" decisions; ``"canonical"`` on the one canonical solution.
 WARMSTART_RECIPES: dict[str, dict] = {
     "tiny": dict(steps=60, batch_size=32, lr=3e-3, warmup=10, weight_decay=0.0,
-                 levels=(1, 2, 3), n_eval=32, grad_clip=1.0),
+                 levels=(1, 2, 3), n_eval=32, grad_clip=1.0, solutions="sampled"),
     # calibrated: 1000 steps of 32 sequences put the held-out accuracy at temperature 1
     # near 23% (band 10-40%); it climbs fast from there (~38% at 1200 steps, ~46% at 1400).
     "small": dict(steps=1000, batch_size=32, lr=3e-3, warmup=30, weight_decay=0.0,
-                  levels=(1, 2, 3), n_eval=256, grad_clip=1.0),
+                  levels=(1, 2, 3), n_eval=256, grad_clip=1.0, solutions="sampled"),
 }
-
-_BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
-
-
-def extract_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` in ``text`` (stripped), or ``None``.
-
-    A simple matcher for the testbed (no nested braces); the full ``math-verify`` reward
-    lives in :mod:`stalerl.rewards`.
-    """
-    found = _BOXED_RE.findall(text)
-    return found[-1].strip() if found else None
 
 
 def default_cache_dir() -> Path:
@@ -97,102 +92,6 @@ def _clean_dead_temporaries(parent: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         except (ValueError, IndexError, PermissionError):
             continue
-
-
-def _encode_batch(tokenizer, problems: list[Problem], max_len: int):
-    """Right-padded ``input_ids``, ``attention_mask`` and completion-only ``labels``."""
-    import torch
-
-    seqs, labels = [], []
-    for p in problems:
-        pi = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
-        ci = tokenizer(p.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = (pi + ci)[:max_len]
-        lab = ([-100] * len(pi) + ci)[:max_len]
-        seqs.append(ids)
-        labels.append(lab)
-    width = max(len(s) for s in seqs)
-    pad = tokenizer.pad_token_id
-    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    lab_t = torch.full((len(seqs), width), -100, dtype=torch.long)
-    for i, (s, lab) in enumerate(zip(seqs, labels, strict=True)):
-        input_ids[i, : len(s)] = torch.tensor(s)
-        attn[i, : len(s)] = 1
-        lab_t[i, : len(lab)] = torch.tensor(lab)
-    return input_ids, attn, lab_t
-
-
-def sample_accuracy(
-    model,
-    tokenizer,
-    problems: list[Problem],
-    *,
-    temperature: float = 1.0,
-    max_new_tokens: int = 64,
-    batch_size: int = 64,
-    seed: int = 0,
-    return_details: bool = False,
-):
-    """Fraction of ``problems`` whose sampled completion's last ``\\boxed{}`` equals the answer.
-
-    Uses ``model.generate`` with left padding and the KV cache; ``temperature > 0``
-    samples (pure temperature sampling: ``top_k=0``, ``top_p=1``), ``temperature == 0``
-    decodes greedily. Sampling is seeded by ``seed`` inside ``torch.random.fork_rng``, so
-    the caller's global RNG state is untouched. The answer is compared as a string to
-    :attr:`Problem.answer` (accepts any object with ``prompt`` and ``answer`` attributes,
-    or dict rows with those keys).
-
-    Returns:
-        The accuracy in ``[0, 1]`` (``0.0`` for no problems); with
-        ``return_details=True``, ``(accuracy, completions)``.
-    """
-    import torch
-
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    rows = [
-        (p["prompt"], str(p["answer"])) if isinstance(p, dict) else (p.prompt, str(p.answer))
-        for p in problems
-    ]
-    if not rows:
-        return (0.0, []) if return_details else 0.0
-    was_training = model.training
-    model.eval()
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    completions: list[str] = []
-    correct = 0
-    gen_kwargs = dict(
-        max_new_tokens=max_new_tokens,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        use_cache=True,
-    )
-    if temperature > 0:
-        gen_kwargs.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
-    else:
-        gen_kwargs.update(do_sample=False)
-    try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed)
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start : start + batch_size]
-                enc = tokenizer(
-                    [r[0] for r in chunk], return_tensors="pt", padding=True, add_special_tokens=False
-                )
-                out = model.generate(**enc, **gen_kwargs)
-                texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-                for (_, answer), text in zip(chunk, texts, strict=True):
-                    completions.append(text)
-                    correct += extract_boxed(text) == answer
-    finally:
-        tokenizer.padding_side = old_side
-        model.train(was_training)
-    acc = correct / len(rows)
-    return (acc, completions) if return_details else acc
 
 
 def load_testbed(path):
@@ -327,7 +226,7 @@ def _train_and_save(
         model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
         model.train()
         bs = recipe["batch_size"]
-        data = generate_problems(steps * bs, split="train", seed=seed, levels=recipe["levels"], unique=False)
+        data = training_problems(steps * bs, seed=seed, levels=recipe["levels"], solutions=recipe["solutions"])
         decay, no_decay = [], []
         for p in model.parameters():
             (no_decay if p.ndim < 2 else decay).append(p)
@@ -344,7 +243,7 @@ def _train_and_save(
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = recipe["lr"] * min(1.0, (step + 1) / warmup)
-            ids, attn, labels = _encode_batch(tokenizer, data[step * bs : (step + 1) * bs], config.max_position_embeddings)
+            ids, attn, labels = encode_batch(tokenizer, data[step * bs : (step + 1) * bs], config.max_position_embeddings)
             loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
