@@ -10,11 +10,13 @@ steps of a stale run train on the initial policy's rollouts at a smaller stalene
 ``benchmarks/calibrate_testbed.py`` runs candidate testbed settings and prints both side by side;
 docs/REPRODUCTION.md ("Calibration") has the measured table and the chosen setting.
 
-Statistics (one value per update, then the median over the steady-state updates):
+Statistics (one value per update, then the median over the steady-state updates; the two token
+fractions are means instead, as the M2PO paper's Fig. 6d averages the clip ratio over training and
+a rare event's median is 0):
 
 * ``clipfrac``: ``actor/pg_clipfrac``, the share of tokens the objective clipped or masked (for
-  GRPO the epsilon-clip, for M2PO the second-moment mask);
-* ``masked_frac``: ``actor/masked_frac`` (M2PO: tokens removed from the loss);
+  GRPO the epsilon-clip, for M2PO the second-moment mask), mean;
+* ``masked_frac``: ``actor/masked_frac`` (M2PO: tokens removed from the loss), mean;
 * ``m2_all``: ``actor/m2``, M̂2 = mean (log r)^2 over all tokens;
 * ``m2_before``: ``actor/m2_before``, M2PO's M̂2 of the trust-region tokens before masking;
 * ``kl``: ``actor/ppo_kl``, the k1 estimate of KL(behaviour || current) = mean of -log r;
@@ -92,13 +94,20 @@ TARGETS: list[Target] = [
 ]
 
 
-def _median(values: list[float]) -> float | None:
-    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-    return float(np.median(finite)) if finite else None
+def _finite(values: list) -> list[float]:
+    return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def _median(values: list) -> float | None:
+    return float(np.median(_finite(values))) if _finite(values) else None
+
+
+def _mean(values: list) -> float | None:
+    return float(np.mean(_finite(values))) if _finite(values) else None
 
 
 def drift_stats(run_dir: str | Path, staleness: int | None = None) -> dict[str, Any]:
-    """The drift statistics of one finished (or running) run, medians over its steady-state updates.
+    """The drift statistics of one finished (or running) run over its steady-state updates.
 
     ``staleness``: the run's ``stale.staleness``; default read from its ``config.yaml``. Updates
     whose ``train/staleness`` is below it (the fill-up phase) are left out; ``updates`` says how
@@ -113,6 +122,8 @@ def drift_stats(run_dir: str | Path, staleness: int | None = None) -> dict[str, 
     keys = {"clipfrac": "actor/pg_clipfrac", "masked_frac": "actor/masked_frac", "m2_all": "actor/m2",
             "m2_before": "actor/m2_before", "kl": "actor/ppo_kl", "entropy": "train/entropy"}
     out: dict[str, Any] = {name: _median([u.get(key) for u in updates]) for name, key in keys.items()}
+    for name in ("clipfrac", "masked_frac"):
+        out[name] = _mean([u.get(keys[name]) for u in updates])
     low, high = math.log(MISPO_BAND[0]), math.log(MISPO_BAND[1])
     forking, spread, accept = [], [], []
     diagnostics = run_dir / "diagnostics.jsonl"
