@@ -9,7 +9,8 @@ median over the steady-state updates (the updates that train on data exactly s u
 :func:`stalerl.studies.calibration.drift_stats`).
 
 A stale run lasts ``s / m`` steps of fill-up (training on the initial policy's rollouts) plus
-``--measure-steps`` steady-state steps; an on-policy run lasts ``--measure-steps`` steps. Runs go
+``--measure-steps`` steady-state steps; an on-policy run lasts ``--measure-steps`` steps (candidates that differ only in staleness share
+it). Runs go
 in parallel subprocesses (``--jobs``, each given ``runtime.cores = cores // jobs``; set
 ``OMP_NUM_THREADS`` to the cores the calibration may use), without evaluation or checkpoints. A
 run directory with a ``summary.json`` is reused, so a second call only prints.
@@ -29,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -81,6 +83,9 @@ def plan(args) -> list[tuple[str, str, Path, list[str]]]:
         for cond, objective, stale in CONDITIONS:
             steps = measure + (s // m if stale else 0)
             run_dir = Path(args.out) / name / cond
+            if not stale:  # candidates that differ only in staleness share their on-policy run
+                key = " ".join(sorted(o for o in own if not o.startswith("stale.staleness=")))
+                run_dir = Path(args.out) / "on-policy" / hashlib.sha256(key.encode()).hexdigest()[:10]
             overrides = own + [f"objective.name={objective}", f"stale.staleness={s if stale else 0}",
                                f"steps={steps}", f"seed={args.seed}", f"run_dir={run_dir}"]
             runs.append((name, cond, run_dir, overrides))
@@ -92,7 +97,7 @@ def run_all(runs, jobs: int) -> None:
     from stalerl.runtime import run_cores
 
     cores = max(1, run_cores() // jobs)
-    todo = [r for r in runs if not (r[2] / "summary.json").is_file()]
+    todo = list({r[2]: r for r in runs if not (r[2] / "summary.json").is_file()}.values())  # shared runs once
     running: list[subprocess.Popen] = []
     env = {**os.environ, "OMP_NUM_THREADS": str(cores), "MKL_NUM_THREADS": str(cores)}
     for _, _, run_dir, overrides in todo:

@@ -492,6 +492,11 @@ def test_calibration_benchmark_plans_fill_up_plus_measured_steps_and_prints_targ
     assert steps == {"grpo-s0": 5, "grpo": 5 + 8 // 4, "m2po": 5 + 8 // 4}  # s / m fill-up steps
     for _, cond, _dir, overrides in runs:
         assert load_config(None, overrides).stale.staleness == (0 if cond == "grpo-s0" else 8)
+    # candidates that differ only in staleness share their on-policy run, not the stale ones
+    two = bench.plan(bench._parse(["--out", str(tmp_path), "--candidate", "a", "stale.staleness=8 optim.lr=1e-4",
+                                   "--candidate", "b", "stale.staleness=16 optim.lr=1e-4"]))
+    dirs = {(name, cond): run_dir for name, cond, run_dir, _ in two}
+    assert dirs["a", "grpo-s0"] == dirs["b", "grpo-s0"] and dirs["a", "grpo"] != dirs["b", "grpo"]
     # the grpo run's statistics land in the row of each target measured on it
     (tmp_path / "c").mkdir()
     _drift_run(tmp_path / "c")
