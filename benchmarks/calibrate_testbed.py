@@ -15,8 +15,8 @@ in parallel subprocesses (``--jobs``, each given ``runtime.cores = cores // jobs
 ``OMP_NUM_THREADS`` to the cores the calibration may use), without evaluation or checkpoints. A
 run directory with a ``summary.json`` is reused, so a second call only prints.
 
-The wall time of each run (from its ``config.yaml`` to its ``summary.json``) is printed too: it
-sizes the studies (docs/REPRODUCTION.md, "Calibration").
+The loop time of each run (the sum of its steps' ``time/step``) is printed too: it sizes the
+studies (docs/REPRODUCTION.md, "Calibration").
 
 Usage::
 
@@ -113,9 +113,12 @@ def run_all(runs, jobs: int) -> None:
 
 
 def _seconds(run_dir: Path) -> float | None:
-    """Wall time of a finished run: from its ``config.yaml`` (written at the start) to its ``summary.json``."""
-    start, end = run_dir / "config.yaml", run_dir / "summary.json"
-    return end.stat().st_mtime - start.stat().st_mtime if start.is_file() and end.is_file() else None
+    """Loop time of a finished run: the sum of its steps' ``time/step`` (the fill-up is in step 1's)."""
+    from stalerl.training.logger import read_jsonl
+
+    if not (run_dir / "summary.json").is_file():
+        return None
+    return sum(r.get("time/step") or 0.0 for r in read_jsonl(run_dir / "metrics.jsonl") if "event" not in r)
 
 
 def _fmt(value, statistic: str) -> str:
