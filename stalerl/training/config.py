@@ -495,7 +495,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     >>> config = load_config("testbed", ["objective.name=grpo", "eval.temperature=${rollout.temperature}"])
     >>> config.objective.name, config.stale.staleness, config.optim.mini_batches, config.eval.temperature
-    ('grpo', 64, 4, 1.0)
+    ('grpo', 48, 4, 1.0)
     """
     cfg = copy.deepcopy(_defaults())
     if path is not None:
