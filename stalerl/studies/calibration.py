@@ -43,7 +43,7 @@ __all__ = ["FORKING_ENTROPY", "MISPO_BAND", "TARGETS", "Target", "drift_stats"]
 
 FORKING_ENTROPY = 0.672
 """Entropy (nats) above which a token counts as a "forking" token: the 80th percentile of the
-token entropies of Qwen3-8B's chains of thought in Wang et al. 2025 ("Beyond the 80/20 rule"),
+token entropies of chain-of-thought responses in Wang et al. 2025 ("Beyond the 80/20 rule"),
 the work the M2PO paper cites for high-entropy tokens carrying the learning signal."""
 
 MISPO_BAND = (0.996, 1.001)
