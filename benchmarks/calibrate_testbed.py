@@ -15,7 +15,7 @@ in parallel subprocesses (``--jobs``, each given ``runtime.cores = cores // jobs
 ``OMP_NUM_THREADS`` to the cores the calibration may use), without evaluation or checkpoints. A
 run directory with a ``summary.json`` is reused, so a second call only prints.
 
-The loop time of each run (the sum of its steps' ``time/step``) is printed too: it sizes the
+The loop time of each run (the sum of its steps' ``timing_s/step``) is printed too: it sizes the
 studies (docs/REPRODUCTION.md, "Calibration").
 
 Usage::
@@ -38,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+from stalerl.run_files import RunFiles, read_steps
 from stalerl.studies.calibration import TARGETS, drift_stats
 
 #: The testbed defaults the studies use (stalerl/studies/definitions.py), without evaluation.
@@ -97,7 +98,7 @@ def run_all(runs, jobs: int) -> None:
     from stalerl.runtime import run_cores
 
     cores = max(1, run_cores() // jobs)
-    todo = list({r[2]: r for r in runs if not (r[2] / "summary.json").is_file()}.values())  # shared runs once
+    todo = list({r[2]: r for r in runs if not RunFiles(r[2]).summary.is_file()}.values())  # shared runs once
     running: list[subprocess.Popen] = []
     env = {**os.environ, "OMP_NUM_THREADS": str(cores), "MKL_NUM_THREADS": str(cores)}
     for _, _, run_dir, overrides in todo:
@@ -113,12 +114,10 @@ def run_all(runs, jobs: int) -> None:
 
 
 def _seconds(run_dir: Path) -> float | None:
-    """Loop time of a finished run: the sum of its steps' ``time/step`` (the fill-up is in step 1's)."""
-    from stalerl.training.logger import read_jsonl
-
-    if not (run_dir / "summary.json").is_file():
+    """Loop time of a finished run: the sum of its steps' ``timing_s/step`` (the fill-up is in step 1's)."""
+    if not RunFiles(run_dir).summary.is_file():
         return None
-    return sum(r.get("time/step") or 0.0 for r in read_jsonl(run_dir / "metrics.jsonl") if "event" not in r)
+    return sum(r.get("timing_s/step") or 0.0 for r in read_steps(run_dir))
 
 
 def _fmt(value, statistic: str) -> str:
@@ -131,7 +130,7 @@ def _fmt(value, statistic: str) -> str:
 
 def table(runs) -> tuple[str, dict]:
     """The markdown table (one row per target, one column per candidate) and the raw statistics."""
-    stats = {(name, cond): drift_stats(run_dir) for name, cond, run_dir, _ in runs if (run_dir / "updates.jsonl").is_file()}
+    stats = {(name, cond): drift_stats(run_dir) for name, cond, run_dir, _ in runs if RunFiles(run_dir).updates.is_file()}
     names = list(dict.fromkeys(name for name, *_ in runs))
     head = "| statistic | condition | papers | source | " + " | ".join(names) + " |"
     lines = [head, "|" + "---|" * (4 + len(names))]

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from stalerl.training.logger import read_jsonl
+from stalerl.run_files import RunFiles, read_jsonl, read_updates
 
 __all__ = ["FORKING_ENTROPY", "MISPO_BAND", "TARGETS", "Target", "drift_stats"]
 
@@ -113,10 +113,10 @@ def drift_stats(run_dir: str | Path, staleness: int | None = None) -> dict[str, 
     whose ``train/staleness`` is below it (the fill-up phase) are left out; ``updates`` says how
     many were kept.
     """
-    run_dir = Path(run_dir)
+    files = RunFiles(Path(run_dir))
     if staleness is None:
-        staleness = _run_staleness(run_dir)
-    updates = [u for u in read_jsonl(run_dir / "updates.jsonl")
+        staleness = _run_staleness(files.config)
+    updates = [u for u in read_updates(files.root)
                if isinstance(u.get("train/staleness"), (int, float)) and u["train/staleness"] >= staleness]
     kept = {u["update"] for u in updates}
     keys = {"clipfrac": "actor/pg_clipfrac", "masked_frac": "actor/masked_frac", "m2_all": "actor/m2",
@@ -126,8 +126,7 @@ def drift_stats(run_dir: str | Path, staleness: int | None = None) -> dict[str, 
         out[name] = _mean([u.get(keys[name]) for u in updates])
     low, high = math.log(MISPO_BAND[0]), math.log(MISPO_BAND[1])
     forking, spread, accept = [], [], []
-    diagnostics = run_dir / "diagnostics.jsonl"
-    for record in read_jsonl(diagnostics) if diagnostics.is_file() else []:
+    for record in read_jsonl(files.diagnostics):
         if record.get("update") not in kept:
             continue
         entropy = [e for e in record.get("entropy") or [] if e is not None]
@@ -142,8 +141,8 @@ def drift_stats(run_dir: str | Path, staleness: int | None = None) -> dict[str, 
     return out
 
 
-def _run_staleness(run_dir: Path) -> int:
+def _run_staleness(config_file: Path) -> int:
     import yaml
 
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    config = yaml.safe_load(config_file.read_text()) or {}
     return int((config.get("stale") or {}).get("staleness", 0))

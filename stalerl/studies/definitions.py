@@ -13,8 +13,8 @@ size 8, uses 16 prompts per batch, and takes its learning rate and staleness fro
 the papers report fall in their ranges (GRPO's clip fraction on-policy and under staleness, M2PO's
 masked fraction and M̂2 before masking, the spread of log rho(tau) and MIS-PO's acceptance). At
 s = 256 the small model, which must learn within a few hundred updates and so takes steps 50 times
-the papers' learning rate, drifts several times further than the papers' models did (M2PO masks
-5-10x the paper's share); s = 48 is the staleness that gives the papers' drift. ``TESTBED_STEPS``
+the papers' learning rate, drifts several times further than the papers' models did (at s = 192-255 M2PO
+masks 13-38x the paper's share); s = 48 is the staleness that gives the papers' drift. ``TESTBED_STEPS``
 = 60 steps (240 updates) leave 48 steps after the 12 steps of fill-up, which train on the initial
 policy's rollouts. More mini-batches per generation batch would shorten that fill-up in steps but
 halve the trajectories per update (noisier updates, a different drift per update); the papers'
