@@ -23,8 +23,9 @@ def test_every_condition_builds_a_valid_config(tmp_path):
                 expected = 0 if not cond.stale else (
                     d.QUICK_STALENESS if quick else study.testbed_scale.get("stale.staleness", d.TESTBED_STALENESS)
                     if scale == "testbed" else study.paper_scale["stale.staleness"])
-                if cond.staleness is not None:  # the sweep's own axis, at every scale
-                    expected = min(cond.staleness, d.QUICK_STALENESS) if quick else cond.staleness
+                if cond.staleness is not None:  # the sweep's own axis: the papers' s, the testbed's equivalent
+                    own = cond.testbed_staleness if scale == "testbed" else cond.staleness
+                    expected = min(own, d.QUICK_STALENESS) if quick else own
                 assert config.stale.staleness == expected
                 if scale == "testbed" and not quick:
                     for key, value in study.testbed_scale.items():  # the study's own setting wins
@@ -353,6 +354,10 @@ def test_sweep_has_every_objective_at_every_staleness(tmp_path):
     config = load_config(None, condition_overrides(study, cond, scale="paper", quick=False, seed=0,
                                                    run_dir=tmp_path, extra=[]))
     assert (config.objective.name, config.stale.staleness) == ("minpro", 64)
+    testbed = load_config(None, condition_overrides(study, cond, scale="testbed", quick=False, seed=0,
+                                                    run_dir=tmp_path, extra=[]))
+    assert testbed.stale.staleness == 12  # 64 * 48 / 256: the calibrated equivalent
+    assert [d.sweep_testbed_staleness(s) for s in (0, 1, 16, 64, 256)] == [0, 4, 4, 12, 48]
 
 
 def _sweep_runs(acc_by_cond, drops_by_cond):
@@ -381,8 +386,8 @@ def test_sweep_table_and_figure_from_hand_made_runs(tmp_path):
     assert 0.5 > COLLAPSE_DROP > 0.1
     assert (by["no_tr-s256"]["collapsed"], by["m2po-s0"]["collapsed"], by["m2po-s256"]["collapsed"]) == (2, 0, 0)
     text = (tmp_path / "sweep.md").read_text()
-    assert "| m2po | 0 | 35.0% [30.0, 40.0] | 40.0% | 0.05 [0, 0.1] | 0/2 |" in text
-    assert "| no_tr | 256 | 15.0% [10.0, 20.0] | 20.0% |" in text and "| 2/2 |" in text
+    assert "| m2po | 0 | 0 | 35.0% [30.0, 40.0] | 40.0% | 0.05 [0, 0.1] | 0/2 |" in text
+    assert "| no_tr | 256 | 48 | 15.0% [10.0, 20.0] | 20.0% |" in text and "| 2/2 |" in text
     assert "![staleness sweep](sweep.png)" in text
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
 
@@ -392,7 +397,7 @@ def test_sweep_without_accuracy_writes_the_table_and_no_figure(tmp_path):
 
     rows = write_sweep(tmp_path, d.STUDIES["staleness-sweep"], {"grpo-s16": [_stats(reward_largest_drop=0.1)]})
     assert len(rows) == 1 and not (tmp_path / "sweep.png").exists()
-    assert "| grpo | 16 | n/a | n/a |" in (tmp_path / "sweep.md").read_text()
+    assert "| grpo | 16 | 4 | n/a | n/a |" in (tmp_path / "sweep.md").read_text()
 
 
 @pytest.mark.slow

@@ -56,10 +56,17 @@ class Condition:
     study whose axis is the staleness itself (``staleness-sweep``); ``--quick`` caps it at
     ``QUICK_STALENESS``. None: the study's S (or 0, per ``stale``)."""
 
+    testbed_staleness: int | None = None
+    """With ``staleness``: the testbed's equivalent of it, when the testbed runs the papers' s at
+    the staleness that gives the same drift (``sweep_testbed_staleness``). None: ``staleness`` at
+    every scale."""
+
     def staleness_at(self, study: "Study", scale: str = "testbed", quick: bool = False) -> int:
         """The ``stale.staleness`` this condition runs with in ``study`` at that scale."""
         if self.staleness is not None:
-            return min(self.staleness, QUICK_STALENESS) if quick else self.staleness
+            own = self.testbed_staleness if scale == "testbed" and self.testbed_staleness is not None \
+                else self.staleness
+            return min(own, QUICK_STALENESS) if quick else own
         return study.staleness(scale, quick) if self.stale else 0
 
 
@@ -470,8 +477,23 @@ MINPRO = Study(
 # largest staleness; the rest of the sweep is a measurement, with no verdict.
 
 SWEEP_STALENESS = (0, 16, 64, 256)
-"""The staleness values of the sweep, in updates: on-policy, then the M2PO paper's s = 16, 64 and
-256 (Table 1, Fig. 3)."""
+"""The staleness values of the sweep, in the papers' updates: on-policy, then the M2PO paper's
+s = 16, 64 and 256 (Table 1, Fig. 3). The condition names and the figure's axis use these."""
+
+
+def sweep_testbed_staleness(paper_staleness: int, mini_batches: int = 4) -> int:
+    """The testbed's staleness with the drift of the papers' ``paper_staleness``: scaled by the
+    calibration (``TESTBED_STALENESS`` testbed updates drift as far as the papers' 256,
+    docs/REPRODUCTION.md#calibration) and rounded to a whole number of generation batches of
+    ``mini_batches`` updates (the testbed's m = 4), at least one when ``paper_staleness`` > 0:
+    0, 16, 64, 256 -> 0, 4, 12, 48. A 60-step run at the papers' raw s = 256 would never leave
+    its fill-up (64 steps of rollouts from the initial policy)."""
+    if paper_staleness <= 0:
+        return 0
+    batches = max(1, round(paper_staleness * TESTBED_STALENESS / 256 / mini_batches))
+    return batches * mini_batches
+
+
 SWEEP_OBJECTIVES = {
     "grpo": "grpo_verl",  # GRPO as the papers ran it in verl (dual clip c = 3)
     "no_tr": "no_tr",
@@ -497,8 +519,8 @@ STALENESS_SWEEP = Study(
     seed_file="m2po-prosperity-before-collapse.txt",
     paper="Prosperity before Collapse: How Far Can Off-Policy RL Reach with Stale Data on LLMs? (the claims); "
           "the sweep over every objective is this project's own",
-    title="Staleness sweep: every objective at s = 0, 16, 64, 256",
-    conditions=[Condition(sweep_condition(label, s), objective, staleness=s)
+    title="Staleness sweep: every objective at the papers' s = 0, 16, 64, 256 (testbed s = 0, 4, 12, 48)",
+    conditions=[Condition(sweep_condition(label, s), objective, staleness=s, testbed_staleness=sweep_testbed_staleness(s))
                 for label, objective in SWEEP_OBJECTIVES.items() for s in SWEEP_STALENESS],
     claims=[
         Claim("m2po at the largest staleness (s=256) matches on-policy grpo (within 2 points or better)",

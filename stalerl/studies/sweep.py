@@ -52,6 +52,7 @@ def sweep_points(study: Study, runs: dict[str, list[dict[str, Any]]]) -> list[di
         collapsed = sum(1 for s in seeds if s.get("crashed_at") is not None
                         or (_finite(s.get("reward_largest_drop")) and s["reward_largest_drop"] > COLLAPSE_DROP))
         rows.append({"condition": cond.name, "objective": cond.name.rsplit("-s", 1)[0], "staleness": cond.staleness,
+                     "testbed_staleness": cond.staleness_at(study),
                      "accuracy": acc, "best": float(np.mean(best)) if best else float("nan"), "drop": drop,
                      "collapsed": collapsed, "seeds": len(seeds)})
     return rows
@@ -63,11 +64,12 @@ def _finite(x: Any) -> bool:
 
 def sweep_table(rows: list[dict[str, Any]]) -> list[str]:
     """The Markdown table of :func:`sweep_points`' rows."""
-    lines = [f"| objective | s | held-out accuracy, last {EVAL_LAST_K} evals [95% CI] | best checkpoint | "
-             "largest reward drop [95% CI] | collapsed seeds |", "|---|---|---|---|---|---|"]
+    lines = [f"| objective | s (papers) | s (testbed) | held-out accuracy, last {EVAL_LAST_K} evals [95% CI] | "
+             "best checkpoint | largest reward drop [95% CI] | collapsed seeds |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         best = "n/a" if not np.isfinite(r["best"]) else f"{100 * r['best']:.1f}%"
-        lines.append(f"| {r['objective']} | {r['staleness']} | {_pct(r['accuracy'])} | {best} | "
+        lines.append(f"| {r['objective']} | {r['staleness']} | {r.get('testbed_staleness', r['staleness'])} | "
+                     f"{_pct(r['accuracy'])} | {best} | "
                      f"{r['drop'].text(pct=False)} | {r['collapsed']}/{r['seeds']} |")
     return lines
 
@@ -104,7 +106,7 @@ def plot_sweep(rows: list[dict[str, Any]], out_png: Path, title: str = "") -> bo
     for ax, ylabel, panel in ((axes[0], f"held-out accuracy, mean of last {EVAL_LAST_K} evals (%)", "Accuracy"),
                               (axes[1], "largest drop of the trained-on reward (5-step mean)", "Stability")):
         ax.set_xticks(range(len(values)), [str(v) for v in values])
-        ax.set_xlabel("staleness s (updates; log scale, s = 0 at the left)")
+        ax.set_xlabel("staleness s (the papers' updates; log scale, s = 0 at the left)")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{panel} (95% bootstrap CI)")
         ax.grid(alpha=0.3)
