@@ -237,6 +237,43 @@ def test_warm_start_ignores_killed_dir(tmp_path):
     load_testbed(path)  # the garbage was replaced by a complete checkpoint
 
 
+def test_concurrent_warm_starts_train_once(tmp_path, monkeypatch):
+    """Two processes (here: threads, whose separate flocks conflict alike) asking for the same
+    checkpoint on a cold cache: one trains, the other waits for it and loads its result."""
+    import threading
+    import time
+
+    from stalerl.testbed import warmstart
+
+    calls = []
+    original = warmstart._train_and_save
+
+    def slow_train_and_save(*args, **kwargs):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)  # long enough for the other caller to reach the lock
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(warmstart, "_train_and_save", slow_train_and_save)
+    warmstart.build_char_tokenizer()  # transformers' lazy imports are not thread-safe: import up front
+    paths, errors = [], []
+
+    def call():
+        try:
+            paths.append(warm_start(size="tiny", cache_dir=tmp_path, steps=0, progress=False))
+        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(calls) == 1, f"trained {len(calls)} times"
+    assert len(paths) == 2 and paths[0] == paths[1] and (paths[0] / MARKER).is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
 def test_warm_start_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown testbed size"):
         warm_start(size="huge", cache_dir=tmp_path)

@@ -22,18 +22,23 @@ directory holds the model (``config.json``, ``model.safetensors``,
 held-out accuracy, seconds, ...) and a ``.complete`` marker written last. Training writes
 into a temporary sibling directory that is renamed into place with ``os.replace`` only
 when complete, and a directory without the marker is never reused, so a warm start that
-was killed half-way is redone, not loaded.
+was killed half-way is redone, not loaded. Processes that need the same checkpoint at once (the
+runs of ``stalerl reproduce --jobs J`` on a cold cache) take turns on a lock file beside it
+(``.testbed-<size>-<hash>.lock``): one trains, the others wait and then load its result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from stalerl.errors import UserError
@@ -42,6 +47,8 @@ from stalerl.testbed.model import MODEL_SIZES, testbed_model_config
 from stalerl.testbed.task import generate_problems
 from stalerl.testbed.tokenizer import build_char_tokenizer
 from stalerl.testbed.warmstart_data import encode_batch, training_problems
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "warm_start",
@@ -80,6 +87,33 @@ def default_cache_dir() -> Path:
     """``$STALERL_CACHE`` if set, else ``~/.cache/stalerl``."""
     env = os.environ.get("STALERL_CACHE")
     return Path(env).expanduser() if env else Path("~/.cache/stalerl").expanduser()
+
+
+@contextlib.contextmanager
+def _build_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if missing) while the block runs, so
+    that one process at a time warms up a given checkpoint. Where the platform or the file system
+    has no ``flock`` the block runs unlocked: the temporary-directory protocol keeps the cache
+    consistent either way, the lock only saves the duplicated training."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                logger.info("waiting for another process's warm start of %s", lock_path.name[1:-5])
+                fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _clean_dead_temporaries(parent: Path) -> None:
@@ -186,6 +220,16 @@ def warm_start(
     except OSError as err:
         raise UserError(f"the testbed cache {parent} cannot be created ({os.strerror(err.errno or 0)}); "
                         "point STALERL_CACHE at a writable directory") from None
+    with _build_lock(parent / f".testbed-{size}-{key}.lock"):
+        if not force and (final / MARKER).is_file():  # built by the process that held the lock
+            return final
+        _build(tokenizer, config, size, recipe, seed, steps, key, parent, final, force, progress)
+    return final
+
+
+def _build(tokenizer, config, size: str, recipe: dict, seed: int, steps: int, key: str, parent: Path,
+           final: Path, force: bool, progress: bool) -> None:
+    """Train the checkpoint into a temporary sibling of ``final`` and rename it into place."""
     _clean_dead_temporaries(parent)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-testbed-{size}-{key}-pid{os.getpid()}-", dir=parent))
@@ -200,18 +244,17 @@ def warm_start(
         if final.exists():
             # an incomplete leftover (killed run) or a forced rebuild: replace it
             if (final / MARKER).is_file() and not force:
-                return final  # a concurrent warm start finished first
+                return  # a concurrent warm start finished first
             shutil.rmtree(final, ignore_errors=True)
         try:
             os.replace(tmp, final)
         except OSError:
             if (final / MARKER).is_file():  # lost a race against a concurrent warm start
-                return final
+                return
             raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def _train_and_save(
