@@ -98,22 +98,25 @@ def _build_lock(lock_path: Path) -> Iterator[None]:
     try:
         import fcntl
     except ImportError:  # not POSIX
-        yield
-        return
-    with open(lock_path, "a") as handle:
+        fcntl = None
+    handle = None
+    if fcntl is not None:
         try:
+            handle = open(lock_path, "a")  # noqa: SIM115 - closed below
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 logger.info("waiting for another process's warm start of %s", lock_path.name[1:-5])
                 fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:  # a file system without flock
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        except OSError:  # not writable (reported by the build itself) or a file system without flock
+            if handle is not None:
+                handle.close()
+            handle = None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()  # releases the lock
 
 
 def _clean_dead_temporaries(parent: Path) -> None:
