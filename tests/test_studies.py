@@ -401,6 +401,21 @@ def test_sweep_without_accuracy_writes_the_table_and_no_figure(tmp_path):
 
 
 @pytest.mark.slow
+def test_runs_go_seed_by_seed_unless_a_condition_derives():
+    """A study stopped early holds whole seeds; a derived condition keeps the plan's order, since
+    it needs the conditions before it finished."""
+    from stalerl.studies.reproduce import run_order
+
+    a, b = d.Condition("a", "grpo"), d.Condition("b", "m2po")
+    plan = [(c, seed, None, []) for c in (a, b) for seed in range(3)]  # condition-major, like reproduce
+    order = run_order(plan)
+    assert [(plan[i - 1][0].name, plan[i - 1][1]) for i in order] == [
+        ("a", 0), ("b", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2)]
+    derived = d.Condition("c", "mispo", derive=lambda stats: {})
+    plan = [(c, seed, None, []) for c in (a, derived) for seed in range(2)]
+    assert run_order(plan) == [1, 2, 3, 4]
+
+
 def test_quick_staleness_sweep(tmp_path, tiny_overrides, monkeypatch):
     """Two objectives of the sweep at s = 0 and s = 16 (capped at the quick staleness), end to end."""
     base = d.STUDIES["staleness-sweep"]

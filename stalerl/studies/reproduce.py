@@ -11,7 +11,10 @@ Output directory (default ``studies/<study>``)::
                                  objective against the staleness (:mod:`stalerl.studies.sweep`)
 
 A run whose ``summary.json`` exists is reused, and a half-done run resumes from its newest checkpoint
-(or starts over if it had none), so an interrupted study continues where it stopped.
+(or starts over if it had none), so an interrupted study continues where it stopped. The runs go
+seed by seed (every condition's seed 0, then every condition's seed 1, ...) unless a condition
+derives its hyperparameters from earlier ones, so that a study stopped early holds complete seeds
+that ``--seeds K`` can already judge.
 All conditions share the cached warm-start of the testbed model.
 
 ``--jobs J`` runs up to J of the runs at once, each a ``stalerl train`` subprocess (its output in
@@ -244,7 +247,8 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
                              "for the model and DeepScaleR); use --dry-run to print the commands")
     runner = _Runner(jobs, progress)
     try:
-        for i, (condition, seed, run_dir, args) in enumerate(plan, 1):
+        for i in run_order(plan):
+            condition, seed, run_dir, args = plan[i - 1]
             if condition.derive is not None:  # hyperparameters from the conditions run before this one
                 runner.wait_all()
                 derived = replace(condition, hparams=condition.derive(_plan_stats(plan[:i - 1])))
@@ -271,6 +275,16 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
     _report(out, [d for _, _, d, _ in plan], study.title)
     echo((out / "verdicts.md").read_text())
     return out
+
+
+def run_order(plan) -> list[int]:
+    """The 1-based positions of ``plan``'s ``(condition, seed, run_dir, args)`` entries in the order
+    they run: seed-major (all conditions of seed 0 first), or the plan's own order when a condition
+    derives its hyperparameters from the conditions before it."""
+    positions = list(range(1, len(plan) + 1))
+    if any(condition.derive is not None for condition, *_ in plan):
+        return positions
+    return sorted(positions, key=lambda i: (plan[i - 1][1], i))
 
 
 def _plan_stats(plan) -> dict[str, list[dict[str, Any]]]:
