@@ -357,6 +357,11 @@ def test_sweep_has_every_objective_at_every_staleness(tmp_path):
     testbed = load_config(None, condition_overrides(study, cond, scale="testbed", quick=False, seed=0,
                                                     run_dir=tmp_path, extra=[]))
     assert testbed.stale.staleness == 12  # 64 * 48 / 256: the calibrated equivalent
+    # evaluated at the start and at the last EVAL_LAST_K evaluation steps only: 0, 45, 50, 55, 60
+    from stalerl.training.loop import eval_due
+
+    assert [st for st in range(1, testbed.steps + 1) if eval_due(testbed, st)] == [45, 50, 55, 60]
+    assert len([st for st in range(1, testbed.steps + 1) if eval_due(testbed, st)]) == d.EVAL_LAST_K
     assert [d.sweep_testbed_staleness(s) for s in (0, 1, 16, 64, 256)] == [0, 4, 4, 12, 48]
 
 

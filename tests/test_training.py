@@ -589,6 +589,16 @@ def test_every_seed_is_evaluated_on_the_same_held_out_problems(make_config, monk
     assert loop.eval_problems_seed(old_style) == 4
 
 
+def test_eval_schedule_every_from_step_and_the_end(make_config):
+    due = lambda *o: [s for s in range(1, 13) if loop.eval_due(make_config("steps=12", *o), s)]  # noqa: E731
+    assert due("eval.every=5") == [5, 10, 12]
+    assert due("eval.every=5", "eval.from_step=8") == [10, 12]
+    assert due("eval.every=4", "eval.from_step=8") == [8, 12]
+    assert due("eval.every=0", "eval.from_step=3") == [12]
+    with pytest.raises(Exception, match="from_step"):
+        make_config("eval.from_step=-1")
+
+
 def test_eval_top_p_replaces_rollout_top_p_in_evaluation(make_config, monkeypatch):
     used = []
     real = loop.generate

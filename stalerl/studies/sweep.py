@@ -6,7 +6,8 @@ its seeds:
 * **accuracy**: the noise-robust held-out accuracy, the mean of the last ``EVAL_LAST_K``
   evaluations, with a 95% bootstrap interval over seeds and held-out problems
   (:func:`stalerl.studies.statistics.paired_bootstrap` with one sample); the best checkpoint's
-  accuracy (mean of seeds) next to it;
+  accuracy (mean of seeds) next to it, the best of the evaluations the run made (the sweep's
+  runs evaluate at the start and the last ``EVAL_LAST_K`` times only, ``SWEEP_EVAL_FROM``);
 * **stability**: the largest drop of the trained-on reward (running maximum minus value of its
   5-step moving average, ``reward_largest_drop``) with a 95% bootstrap interval over seeds, and the
   share of seeds that *collapse*: a largest drop above ``COLLAPSE_DROP`` or a crashed run. The

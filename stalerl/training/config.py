@@ -309,6 +309,10 @@ class EvalConfig:
     problems_seed: int | None = 1
     """Seed of the held-out testbed problems, the same for every run so that conditions and seeds
     are compared on identical problems (paired statistics); ``None``: the run's ``seed + 1``."""
+    from_step: int = checked(0, at_least(0))
+    """The periodic evaluations (every ``every`` steps) begin at this step; the start and the end
+    are evaluated regardless. A study that reads only a run's last evaluations sets it to skip
+    the ones in between (each costs a generation pass over the held-out set)."""
 
 
 @dataclass

@@ -303,6 +303,14 @@ def _record_diagnostics(diag, out, log_prob, micro, entropy, per_micro: int = 64
 # ============================================================================ evaluation
 
 @torch.no_grad()
+def eval_due(config, step: int) -> bool:
+    """Whether training step ``step`` (>= 1) ends with a held-out evaluation: every
+    ``eval.every`` steps from ``eval.from_step`` on, and the last step."""
+    every = config.eval.every
+    periodic = bool(every) and step >= config.eval.from_step and step % every == 0
+    return periodic or step == config.steps
+
+
 def evaluate(config, model, tokenizer, prompts, reward_fn, step: int) -> dict[str, float]:
     """avg@n (and pass@k) on the held-out prompts, with a fixed seed per step (the training
     sampler's random state is not disturbed)."""
@@ -468,7 +476,7 @@ def _train(config: TrainConfig, run_dir: Path, resume_from: Path | None, progres
                 "timing_s/step": time.perf_counter() - t_step,
             })
             record["perf/tokens_per_s"] = record.get("perf/generated_tokens", 0.0) / max(record["timing_s/step"], 1e-9)
-            if config.eval.every and state.step % config.eval.every == 0 or state.step == config.steps:
+            if eval_due(config, state.step):
                 record.update(evaluate(config, model, tokenizer, eval_prompts, reward_fn, step=state.step))
             logger.log_step(state.step, record)
             last.update(record)
