@@ -460,6 +460,32 @@ def test_study_speed_benchmark_smoke(tiny_testbed, capsys):
     assert (loop._stats_from_gradient_pass, verifier.integer_verdict, loop.evaluate) == switches  # restored
 
 
+@pytest.mark.slow  # two short runs and one counted run of the tiny testbed
+def test_study_speed_floor_counts_each_part_of_a_run(tiny_testbed, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from stalerl.training import loop
+
+    path = Path(__file__).parents[1] / "benchmarks" / "study_speed.py"
+    spec = importlib.util.spec_from_file_location("bench_study_speed_floor", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    switches = (loop.evaluate, loop.make_rollout_batch)
+    tiny = [f"model.path={tiny_testbed}", "data.eval_size=4", "data.testbed_train_size=100", "rollout.prompts_per_step=2",
+            "rollout.group_size=4", "optim.mini_batches=2", "rollout.max_new_tokens=8"]
+    flops = bench.count_run("grpo", 2, 0, tiny, tmp_path)
+    # a step is its generation batch (8 rows) plus two updates' forward+backward on the same rows:
+    # more than the batch alone, and each part did some arithmetic
+    assert flops["step"] > flops["generation"] > 0 and flops["eval"] > 0
+    assert (loop.evaluate, loop.make_rollout_batch) == switches  # restored
+    floors = bench.main(["--floor", "--objectives", "grpo", "--steps", "1", *[a for o in tiny for a in ("--set", o)]])
+    assert set(floors["floor_minutes"]) == set(d.STUDIES)
+    # the sweep has the most runs of the studies' setting, so the most arithmetic
+    assert max(floors["floor_minutes"], key=floors["floor_minutes"].get) == "staleness-sweep"
+    assert "| staleness-sweep | 160 |" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------ calibration (drift statistics)
 
 
