@@ -391,8 +391,14 @@ def test_sweep_table_and_figure_from_hand_made_runs(tmp_path):
     assert 0.5 > COLLAPSE_DROP > 0.1
     assert (by["no_tr-s256"]["collapsed"], by["m2po-s0"]["collapsed"], by["m2po-s256"]["collapsed"]) == (2, 0, 0)
     text = (tmp_path / "sweep.md").read_text()
-    assert "| m2po | 0 | 0 | 35.0% [30.0, 40.0] | 40.0% | 0.05 [0, 0.1] | 0/2 |" in text
-    assert "| no_tr | 256 | 48 | 15.0% [10.0, 20.0] | 20.0% |" in text and "| 2/2 |" in text
+    # m2po at s = 256 against s = 0, seed by seed: 0.30 - 0.30 and 0.30 - 0.40, so -5 points, the
+    # bootstrap over the two seeds spans -10 .. 0; no_tr has no s = 0 run, and s = 0 has no change
+    assert by["m2po-s256"]["change"].estimate == pytest.approx(-0.05)
+    assert (by["m2po-s256"]["change"].low, by["m2po-s256"]["change"].high) == (pytest.approx(-0.10), pytest.approx(0.0))
+    assert by["m2po-s0"]["change"] is None and by["no_tr-s256"]["change"] is None
+    assert "| m2po | 0 | 0 | 35.0% [30.0, 40.0] | – | 40.0% | 0.05 [0, 0.1] | 0/2 |" in text
+    assert "| m2po | 256 | 48 | 30.0% [30.0, 30.0] | -5.0 pt [-10.0, +0.0] | 35.0% |" in text
+    assert "| no_tr | 256 | 48 | 15.0% [10.0, 20.0] | – | 20.0% |" in text and "| 2/2 |" in text
     assert "![staleness sweep](sweep.png)" in text
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
 
@@ -402,7 +408,7 @@ def test_sweep_without_accuracy_writes_the_table_and_no_figure(tmp_path):
 
     rows = write_sweep(tmp_path, d.STUDIES["staleness-sweep"], {"grpo-s16": [_stats(reward_largest_drop=0.1)]})
     assert len(rows) == 1 and not (tmp_path / "sweep.png").exists()
-    assert "| grpo | 16 | 4 | n/a | n/a |" in (tmp_path / "sweep.md").read_text()
+    assert "| grpo | 16 | 4 | n/a | – | n/a |" in (tmp_path / "sweep.md").read_text()
 
 
 @pytest.mark.slow
