@@ -263,8 +263,12 @@ def test_unknown_study_is_a_clear_error(tmp_path):
 
 def _quick(study, tmp_path, tiny_overrides):
     overrides = [o for o in tiny_overrides() if o.startswith(("model.path", "reward.function"))]
+    first: list[str] = []
     out = reproduce(study, out=tmp_path / study, quick=True, overrides=overrides + ["progress=false"],
-                    progress=False)
+                    progress=False, echo=first.append)
+    starts = [line for line in first if line.startswith(f"[{study}] ")]
+    assert len(starts) == len(d.STUDIES[study].conditions)  # one line per run started, one seed in quick mode
+    assert "left)" not in starts[0] and all(line.endswith(" min left)") for line in starts[1:])  # the pace so far
     rows = json.loads((out / "verdicts.json").read_text())
     assert len(rows) == len(d.STUDIES[study].claims)
     assert all(r["verdict"] in ("reproduced", "contradicted", "inconclusive", None) for r in rows)
@@ -276,8 +280,12 @@ def _quick(study, tmp_path, tiny_overrides):
     assert set(stats) == {c.name for c in d.STUDIES[study].conditions}
     # a second call reuses the finished runs instead of training again
     mtime = (out / "runs" / f"{d.STUDIES[study].conditions[0].name}-seed0" / "summary.json").stat().st_mtime
-    reproduce(study, out=tmp_path / study, quick=True, overrides=overrides + ["progress=false"], progress=False)
+    shown: list[str] = []
+    reproduce(study, out=tmp_path / study, quick=True, overrides=overrides + ["progress=false"], progress=False,
+              echo=shown.append)
     assert (out / "runs" / f"{d.STUDIES[study].conditions[0].name}-seed0" / "summary.json").stat().st_mtime == mtime
+    n = len(d.STUDIES[study].conditions)
+    assert shown[0] == f"[{study}] {n} of {n} runs already finished in {out}: reused"
     return out
 
 
@@ -299,6 +307,15 @@ def test_quick_study(study, tmp_path, tiny_overrides):
         assert hparams["traj_high"] == pytest.approx(math.exp(bound), abs=1e-6)
         plan = json.loads((out / "plan.json").read_text())
         assert f"objective.hparams.traj_high={hparams['traj_high']}" in plan[-1]["command"]
+
+
+def test_time_left_is_the_pace_of_the_finished_runs():
+    from stalerl.studies.reproduce import time_left
+
+    assert time_left(600.0, 0, 40) == ""  # nothing finished yet: no pace to go by
+    assert time_left(600.0, 10, 40) == " (about 30 min left)"  # 60 s a run, 30 runs to go
+    assert time_left(3600.0, 10, 40) == " (about 3.0 h left)"
+    assert time_left(600.0, 40, 40) == ""
 
 
 def test_derived_bound_is_the_mean_final_bound_of_ac_mispo():

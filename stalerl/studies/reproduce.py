@@ -246,6 +246,10 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
             raise UserError("--scale paper trains Qwen3-1.7B-Base and needs a GPU (and network access to the hub "
                              "for the model and DeepScaleR); use --dry-run to print the commands")
     runner = _Runner(jobs, progress)
+    to_run = sum(1 for _, _, run_dir, _ in plan if not RunFiles(run_dir).summary.exists())
+    if to_run < len(plan):
+        echo(f"[{study_name}] {len(plan) - to_run} of {len(plan)} runs already finished in {out}: reused")
+    started = time.monotonic()
     try:
         for i in run_order(plan):
             condition, seed, run_dir, args = plan[i - 1]
@@ -257,7 +261,8 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
                 plan[i - 1] = (derived, seed, run_dir, args)
                 _write_plan(out, plan)
             if not RunFiles(run_dir).summary.exists():
-                echo(f"[{study_name}] {i}/{len(plan)}: {condition.name} seed {seed}")
+                left = time_left(time.monotonic() - started, runner.finished, to_run)
+                echo(f"[{study_name}] {i}/{len(plan)}: {condition.name} seed {seed}{left}")
                 runner.run(args, run_dir)
         runner.wait_all()
     finally:
@@ -275,6 +280,15 @@ def reproduce(study_name: str, *, out: str | Path | None = None, quick: bool = F
     _report(out, [d for _, _, d, _ in plan], study.title)
     echo((out / "verdicts.md").read_text())
     return out
+
+
+def time_left(elapsed: float, finished: int, total: int) -> str:
+    """`` (about 25 min left)``: the ``total - finished`` runs still to finish at the pace of the
+    ``finished`` ones this call has run (in ``elapsed`` seconds); empty before the first finishes."""
+    if finished < 1 or finished >= total:
+        return ""
+    left = elapsed / finished * (total - finished)
+    return f" (about {left / 60:.0f} min left)" if left < 90 * 60 else f" (about {left / 3600:.1f} h left)"
 
 
 def run_order(plan) -> list[int]:
@@ -306,6 +320,7 @@ class _Runner:
         self.progress = progress
         self.cores = max(1, run_cores() // jobs)
         self.running: list[tuple[subprocess.Popen, Path]] = []
+        self.finished = 0  # runs ended so far (the pace of the study)
 
     def run(self, args: list[str], run_dir: Path) -> None:
         if self.jobs == 1:
@@ -316,6 +331,7 @@ class _Runner:
             # starts over when it had none), so its logs stay one history
             train(load_config(None, args + ([] if self.progress else ["progress=false"])),
                   resume=run_dir if is_run(run_dir) else None)
+            self.finished += 1
             return
         while len(self.running) >= self.jobs:
             self._wait_one()
@@ -334,6 +350,7 @@ class _Runner:
             time.sleep(0.2)
         proc, run_dir = next((p, d) for p, d in self.running if p.returncode is not None)
         self.running.remove((proc, run_dir))
+        self.finished += 1
         if proc.returncode in (0, 3):  # 3: the run crashed, a result recorded in its summary
             return
         lines = (run_dir / "train.log").read_text(errors="replace").strip().splitlines()
