@@ -133,8 +133,9 @@ def model_rate(model_dir: Path, rows: int = 32, tokens: int = 96, repeats: int =
 
 
 def count_run(objective: str, steps: int, staleness: int, extra: list[str], root: Path) -> dict[str, float]:
-    """The matrix FLOPs of one in-process run of the studies' setting: per training step (without
-    its generation), per evaluation and per generation batch (rollout, reward, behaviour log-probs)."""
+    """The matrix FLOPs of one in-process run of the studies' setting: per training step (its
+    updates and the generation batches it made), per evaluation and per generation batch (rollout,
+    reward, behaviour log-probs)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     overrides = [o for o in d.TESTBED_OVERRIDES if not o.startswith("steps=")]
