@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from stalerl.studies import statistics as stats
-from stalerl.studies.definitions import EVAL_LAST_K, Study
+from stalerl.studies.definitions import EVAL_LAST_K, Study, _accuracy
 
 COLLAPSE_DROP = 0.2
 """A run *collapses* when its trained-on reward's 5-step moving average falls this far below its
@@ -53,13 +53,10 @@ def sweep_points(study: Study, runs: dict[str, list[dict[str, Any]]]) -> list[di
             continue
         objective = cond.name.rsplit("-s", 1)[0]
         acc = stats.paired_bootstrap(_accuracies(seeds))
-        base = runs.get(on_policy.get(objective, ""))
+        base = on_policy.get(objective)
         change = None
-        if cond.staleness != 0 and base:
-            paired = min(len(seeds), len(base))  # seed k against seed k
-            mine, theirs = _accuracies(seeds[:paired]), _accuracies(base[:paired])
-            if all(isinstance(v, list) for v in mine) != all(isinstance(v, list) for v in theirs):
-                mine, theirs = [s.get("eval_lastk") for s in seeds[:paired]], [s.get("eval_lastk") for s in base[:paired]]
+        if cond.staleness != 0 and runs.get(base):  # seed k against seed k, per problem where both saved them
+            mine, theirs, _ = _accuracy(runs, cond.name, base)
             change = stats.paired_bootstrap(mine, theirs)
         drop = stats.paired_bootstrap([s.get("reward_largest_drop") for s in seeds])
         best = [s["eval_best"] for s in seeds if _finite(s.get("eval_best"))]
